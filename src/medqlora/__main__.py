@@ -1,0 +1,5 @@
+"""`python -m medqlora` == the `medqlora` command."""
+
+from medqlora.cli import main
+
+main()

@@ -1,0 +1,86 @@
+"""Writes the PEFT adapter directory: at the end of fit, and whenever validation loss improves."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
+
+from medqlora.model.loading import load_tokenizer
+
+
+def save_adapter(pl_module: L.LightningModule, directory: Path, metrics: dict[str, float] | None = None) -> Path:
+    """adapter_config.json + adapter_model.safetensors + tokenizer + README, swapped in atomically."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    pl_module.model.save_pretrained(staging, safe_serialization=True)
+    load_tokenizer(pl_module.name_or_path).save_pretrained(staging)
+    (staging / "README.md").write_text(_readme(pl_module, metrics or {}))
+    old = directory.with_name(f".{directory.name}.old")
+    if directory.exists():
+        directory.rename(old)
+    staging.rename(directory)
+    shutil.rmtree(old, ignore_errors=True)
+    return directory
+
+
+def _readme(pl_module: L.LightningModule, metrics: dict[str, float]) -> str:
+    lora = pl_module.lora
+    base = pl_module.model.peft_config["default"].base_model_name_or_path
+    lines = [f"# medqlora adapter for {pl_module.name_or_path}", "",
+             f"LoRA r={lora.r}, alpha={lora.alpha}, dropout={lora.dropout} on {', '.join(lora.targets)} "
+             "of every language-model layer; 4-bit "
+             f"{pl_module.quant.quant_type} base. Written by medqlora.", ""]
+    lines += [f"- {k}: {v:.4f}" for k, v in sorted(metrics.items())]
+    lines += ["", "```python", "from peft import PeftModel",
+              "from transformers import AutoModelForCausalLM", "",
+              f"base = AutoModelForCausalLM.from_pretrained({base!r})",
+              "model = PeftModel.from_pretrained(base, ADAPTER_DIR)", "```", ""]
+    return "\n".join(lines)
+
+
+class AdapterExport(Callback):
+    """Saves `<run dir>/adapter` at the end of fit and `<run dir>/adapter-best` on each new best `monitor`.
+
+    Args:
+        monitor: the metric that decides "best" (lower is better).
+        save_best: also keep the best adapter seen at validation.
+    """
+
+    def __init__(self, monitor: str = "val/loss", save_best: bool = True):
+        self.monitor, self.save_best = monitor, save_best
+        self.best = math.inf
+
+    def _dir(self, trainer: L.Trainer, name: str) -> Path:
+        return Path(trainer.log_dir or trainer.default_root_dir) / name
+
+    def _metrics(self, trainer: L.Trainer) -> dict[str, float]:
+        return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Save adapter-best when the monitored value improves (not during the sanity check)."""
+        value = trainer.callback_metrics.get(self.monitor)
+        if not self.save_best or trainer.sanity_checking or value is None or float(value) >= self.best:
+            return
+        self.best = float(value)
+        if trainer.is_global_zero:
+            save_adapter(pl_module, self._dir(trainer, "adapter-best"), self._metrics(trainer))
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Save the final adapter."""
+        if trainer.is_global_zero:
+            path = save_adapter(pl_module, self._dir(trainer, "adapter"), self._metrics(trainer))
+            rank_zero_info(f"medqlora: adapter written to {path}")
+
+    def state_dict(self) -> dict:
+        """The best value so far, so a resumed run keeps the right adapter-best."""
+        return {"best": self.best}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore the best value."""
+        self.best = state_dict["best"]

@@ -1,0 +1,110 @@
+"""Peak memory per logging interval and per epoch, split into parameters, optimizer state and activations.
+
+On CUDA: peak allocated and reserved memory, reset every interval. On CPU: the process's resident set.
+At the end of fit: a one-line summary and `memory.json` in the run directory (the model card reads it).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
+
+GIB = 1024**3
+
+
+def _tensor_bytes(tensors, device: torch.device) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors
+               if isinstance(t, torch.Tensor) and t.device.type == device.type)
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def _peak_rss_bytes() -> int:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+class PeakMemory(Callback):
+    """Logs `mem/*` every `every_n_steps` optimizer steps (default: the trainer's log interval).
+
+    Args:
+        every_n_steps: logging interval in optimizer steps; None = `trainer.log_every_n_steps`.
+    """
+
+    def __init__(self, every_n_steps: int | None = None):
+        self.every_n_steps = every_n_steps
+        self.summary: dict[str, float] = {}
+        self._epoch_peak = 0.0
+        self._start = 0.0
+
+    def _cuda(self, pl_module: L.LightningModule) -> bool:
+        return pl_module.device.type == "cuda"
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Reset the counters once the model and optimizer are in place."""
+        self._start = time.perf_counter()
+        if self._cuda(pl_module):
+            torch.cuda.reset_peak_memory_stats(pl_module.device)
+
+    def split(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+        """Bytes (GiB) of parameters + buffers, optimizer state and gradients on the training device."""
+        device = pl_module.device
+        params = _tensor_bytes([*pl_module.parameters(), *pl_module.buffers()], device)
+        state = [v for opt in trainer.optimizers for s in opt.state.values() for v in s.values()]
+        grads = _tensor_bytes([p.grad for p in pl_module.parameters() if p.grad is not None], device)
+        return {"params_gib": params / GIB, "optimizer_state_gib": _tensor_bytes(state, device) / GIB,
+                "grads_gib": grads / GIB}
+
+    def measure(self, pl_module: L.LightningModule) -> dict[str, float]:
+        """Peak since the last reset (CUDA) or resident set (CPU), in GiB."""
+        if self._cuda(pl_module):
+            device = pl_module.device
+            return {"peak_alloc_gib": torch.cuda.max_memory_allocated(device) / GIB,
+                    "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / GIB}
+        return {"rss_gib": _rss_bytes() / GIB, "peak_rss_gib": _peak_rss_bytes() / GIB}
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        """Log the interval's peak on optimizer-step boundaries and reset it."""
+        every = self.every_n_steps or trainer.log_every_n_steps
+        if not trainer.fit_loop._should_accumulate() and trainer.global_step % max(1, every) == 0:
+            stats = self.measure(pl_module)
+            peak = stats.get("peak_alloc_gib", stats.get("peak_rss_gib", 0.0))
+            self._epoch_peak = max(self._epoch_peak, peak)
+            self.summary["peak_gib"] = max(self.summary.get("peak_gib", 0.0), peak)
+            for key, value in stats.items():
+                pl_module.log(f"mem/{key}", value, on_step=True, prog_bar=key in ("peak_alloc_gib", "rss_gib"))
+            if self._cuda(pl_module):
+                torch.cuda.reset_peak_memory_stats(pl_module.device)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Log the epoch's peak."""
+        pl_module.log("mem/epoch_peak_gib", self._epoch_peak, on_epoch=True)
+        self._epoch_peak = 0.0
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Print a one-line summary and write memory.json to the run directory."""
+        stats = self.measure(pl_module)
+        peak = max(self.summary.get("peak_gib", 0.0), stats.get("peak_alloc_gib", stats.get("peak_rss_gib", 0.0)))
+        split = self.split(trainer, pl_module)
+        self.summary = {"device": str(pl_module.device), "peak_gib": peak, **split,
+                        "activations_peak_gib": max(0.0, peak - sum(split.values()))
+                        if self._cuda(pl_module) else None,
+                        "wall_time_s": time.perf_counter() - self._start}
+        rank_zero_info("medqlora memory: peak {peak_gib:.2f} GiB on {device} (params {params_gib:.2f}, "
+                       "optimizer {optimizer_state_gib:.3f}, grads {grads_gib:.3f}); "
+                       "wall {wall_time_s:.0f} s".format(**self.summary))
+        if trainer.is_global_zero and trainer.log_dir:
+            Path(trainer.log_dir).mkdir(parents=True, exist_ok=True)
+            (Path(trainer.log_dir) / "memory.json").write_text(json.dumps(self.summary, indent=2))

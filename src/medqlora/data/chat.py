@@ -1,0 +1,61 @@
+"""Conversation -> token ids + labels, with the tokenizer's own Gemma 4 chat template.
+
+A row is built as *the generation prompt the template renders for inference* + target + `<turn|>`,
+never by rendering a whole conversation: Gemma 4's template strips thought channels from assistant
+turns and (thinking off) puts an empty thought channel in the generation prompt, so a rendered
+conversation would both lose o1's reasoning and differ from what the model sees at inference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from medqlora.data.sources import Conversation
+
+IGNORE_INDEX = -100
+END_OF_TURN = "<turn|>"
+THOUGHT_OPEN, THOUGHT_CLOSE = "<|channel>thought\n", "<channel|>"
+
+Truncation = Literal["drop", "truncate"]
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Token ids and labels of one row (labels are -100 on prompt tokens)."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+
+def messages_of(conv: Conversation) -> list[dict[str, str]]:
+    """The chat messages a user would send: optional system turn, then the user turn."""
+    system = [{"role": "system", "content": conv.system}] if conv.system else []
+    return [*system, {"role": "user", "content": conv.user}]
+
+
+def render_prompt(conv: Conversation, tokenizer) -> str:
+    """The exact inference prompt: the template's generation prompt, thinking on iff the row reasons."""
+    return tokenizer.apply_chat_template(
+        messages_of(conv), tokenize=False, add_generation_prompt=True,
+        enable_thinking=conv.reasoning is not None,
+    )
+
+
+def render_target(conv: Conversation) -> str:
+    """What the model must produce: [thought channel] answer, closed by the end-of-turn token."""
+    thought = f"{THOUGHT_OPEN}{conv.reasoning}{THOUGHT_CLOSE}" if conv.reasoning is not None else ""
+    return f"{thought}{conv.answer}{END_OF_TURN}"
+
+
+def encode(conv: Conversation, tokenizer, max_length: int, truncation: Truncation = "drop") -> Encoded:
+    """Tokenise one conversation; raises ValueError('too_long' / 'no_supervised_tokens') to filter it."""
+    prompt = tokenizer(render_prompt(conv, tokenizer), add_special_tokens=False)["input_ids"]
+    target = tokenizer(render_target(conv), add_special_tokens=False)["input_ids"]
+    if len(prompt) + len(target) > max_length:
+        if truncation == "drop":
+            raise ValueError("too_long")
+        target = target[: max_length - len(prompt)]  # never cuts the prompt: inference sees all of it
+    if not target:
+        raise ValueError("no_supervised_tokens")
+    return Encoded(input_ids=prompt + target, labels=[IGNORE_INDEX] * len(prompt) + target)

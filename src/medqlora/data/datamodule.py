@@ -1,0 +1,160 @@
+"""MedicalMixDataModule: the three-source mix as a LightningDataModule.
+
+raw rows -> conversations (mix.py) -> token ids + labels (chat.py) -> batches (collate.py). The
+tokenised splits are cached by `datasets` (keyed on sources, tokenizer, template, max length, seed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from importlib import resources
+from pathlib import Path
+
+import lightning as L
+from datasets import Dataset
+from torch.utils.data import DataLoader
+
+from medqlora.data.card import DataCard
+from medqlora.data.chat import Truncation, encode
+from medqlora.data.collate import Collator, LengthGroupedBatchSampler, PackingBatchSampler
+from medqlora.data.mix import EvalQuestions, SamplePolicy, build_mix
+from medqlora.data.sources import Conversation, ReasoningMode, SourceSpec
+from medqlora.model.loading import load_tokenizer
+
+
+def sample_sources() -> list[SourceSpec]:
+    """The small made-up files shipped with the package, one per real source, with its exact columns."""
+    root = resources.files("medqlora.data") / "samples"
+    return [
+        SourceSpec(name="medqa", format="medqa_options", path=str(root / "medqa.jsonl"), license="sample"),
+        SourceSpec(name="o1", format="reasoning", path=str(root / "o1.jsonl"), license="sample"),
+        SourceSpec(name="alpacare", format="instruction", path=str(root / "alpacare.jsonl"), license="sample"),
+    ]
+
+
+class MedicalMixDataModule(L.LightningDataModule):
+    """The medical instruction mix, rendered in Gemma 4's chat format, padded or packed.
+
+    Args:
+        sources: the sources of the mix (default: the small sample files shipped with medqlora).
+        tokenizer: tokenizer name or path; linked from `model.name_or_path` by the CLI.
+        max_length: longest row in tokens (prompt + answer).
+        micro_batch_size: rows per micro-batch (padded layout).
+        packing: pack rows padding-free into rows of `pack_tokens` tokens (default: micro_batch_size x max_length).
+        pack_tokens: token budget of one packed row.
+        group_by_length: padded layout only: batch rows of similar length together.
+        reasoning: where o1's chain of thought goes: Gemma 4's thinking channel, inline, or dropped.
+        system_prompt: optional system turn for every row.
+        truncation: rows over max_length are dropped, or their answer is truncated.
+        sample_policy: sources with fewer rows than their target: take all, or upsample training rows.
+        val_fraction: share of each source held out for validation (stratified by source).
+        seed: seed of sampling, splitting and batch order.
+        decontaminate: evaluation sets whose questions are removed from the mix.
+        num_workers: DataLoader worker processes.
+    """
+
+    def __init__(self, sources: list[SourceSpec] | None = None, tokenizer: str = "tiny", max_length: int = 2048,
+                 micro_batch_size: int = 2, packing: bool = True, pack_tokens: int | None = None,
+                 group_by_length: bool = False, reasoning: ReasoningMode = "thinking",
+                 system_prompt: str | None = None, truncation: Truncation = "drop",
+                 sample_policy: SamplePolicy = "all", val_fraction: float = 0.05, seed: int = 42,
+                 decontaminate: list[EvalQuestions] | None = None, num_workers: int = 0):
+        super().__init__()
+        if max_length < 16:
+            raise ValueError(f"data.max_length={max_length} is too small; use at least 16 (recipe: 2048)")
+        if micro_batch_size < 1:
+            raise ValueError(f"data.micro_batch_size={micro_batch_size} must be >= 1")
+        if not 0.0 <= val_fraction < 0.5:
+            raise ValueError(f"data.val_fraction={val_fraction} must be in [0, 0.5) (recipe: 0.05)")
+        self.sources = sources if sources is not None else sample_sources()
+        self.tokenizer_name, self.max_length, self.micro_batch_size = tokenizer, max_length, micro_batch_size
+        self.packing, self.pack_tokens = packing, pack_tokens or micro_batch_size * max_length
+        if self.pack_tokens < max_length:
+            raise ValueError(f"data.pack_tokens={self.pack_tokens} < data.max_length={max_length}; "
+                             "a packed row must hold the longest row")
+        self.group_by_length, self.reasoning, self.system_prompt = group_by_length, reasoning, system_prompt
+        self.truncation, self.sample_policy, self.val_fraction = truncation, sample_policy, val_fraction
+        self.seed, self.decontaminate, self.num_workers = seed, decontaminate or [], num_workers
+        self.tokenizer = None
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.card: DataCard | None = None
+
+    # -- stages -------------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Download and cache everything once (rank 0 of a multi-GPU run)."""
+        self._build()
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build (or read from the datasets cache) the tokenised splits and write the data card."""
+        if self.train_set is None:
+            self._build()
+        log_dir = getattr(self.trainer, "log_dir", None) if self._trainer_attached() else None
+        if log_dir and self.card is not None and self.trainer.is_global_zero:
+            self.card.write(Path(log_dir))
+
+    def _trainer_attached(self) -> bool:
+        return self.trainer is not None
+
+    def _build(self) -> None:
+        self.tokenizer = self.tokenizer or load_tokenizer(self.tokenizer_name)
+        mix = build_mix(self.sources, seed=self.seed, val_fraction=self.val_fraction, reasoning=self.reasoning,
+                        system_prompt=self.system_prompt, policy=self.sample_policy,
+                        decontaminate=self.decontaminate)
+        self.train_set, train_drops = self._encode(mix.train, "train")
+        self.val_set, val_drops = self._encode(mix.val, "val")
+        self.card = DataCard.from_run(self, mix, train_drops, val_drops)
+
+    def _encode(self, convs: Dataset, split: str) -> tuple[Dataset, dict[str, dict[str, int]]]:
+        tokenizer, max_length, truncation = self.tokenizer, self.max_length, self.truncation
+
+        def tokenise(row: dict) -> dict:
+            conv = Conversation(row["user"], row["answer"], row["reasoning"], row["system"])
+            try:
+                enc = encode(conv, tokenizer, max_length, truncation)
+            except ValueError as err:
+                return {"input_ids": [], "labels": [], "length": 0, "drop_reason": str(err)}
+            return {"input_ids": enc.input_ids, "labels": enc.labels, "length": len(enc.input_ids),
+                    "drop_reason": None}
+
+        encoded = convs.map(tokenise, desc=f"{split}: conversations -> tokens")
+        drops: dict[str, dict[str, int]] = {}
+        for source, reason in zip(encoded["source"], encoded["drop_reason"]):
+            if reason:
+                drops.setdefault(source, {}).setdefault(reason, 0)
+                drops[source][reason] += 1
+        kept = encoded.filter(lambda r: r["drop_reason"] is None, desc=f"{split}: drop unusable rows")
+        return kept.select_columns(["row_id", "source", "input_ids", "labels", "length"]), drops
+
+    # -- loaders ------------------------------------------------------------------------------------
+    def batch_sampler(self, data: Dataset, shuffle: bool):
+        """The batch plan for a split: packs of `pack_tokens`, or padded micro-batches."""
+        rank = self.trainer.global_rank if self._trainer_attached() else 0
+        world = self.trainer.world_size if self._trainer_attached() else 1
+        lengths = data["length"]
+        if self.packing:
+            return PackingBatchSampler(lengths, self.pack_tokens, self.seed, shuffle, rank, world)
+        return LengthGroupedBatchSampler(lengths, self.micro_batch_size, self.seed, shuffle,
+                                         self.group_by_length, rank, world)
+
+    def _loader(self, data: Dataset, shuffle: bool) -> DataLoader:
+        return DataLoader(data.select_columns(["input_ids", "labels"]),
+                          batch_sampler=self.batch_sampler(data, shuffle),
+                          collate_fn=Collator(self.packing, self.tokenizer.pad_token_id),
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        """Training batches, reshuffled every epoch (seeded)."""
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation batches, same layout as training, fixed order."""
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        """The validation split (the mix has no separate test split; benchmarks live in `medqlora.eval`)."""
+        return self.val_dataloader()
+
+    def state_dict(self) -> dict:
+        """Saved in checkpoints: the settings that decide which rows exist."""
+        return {"seed": self.seed, "sources": [asdict(s) for s in self.sources]}

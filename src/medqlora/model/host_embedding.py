@@ -1,0 +1,49 @@
+"""The per-layer embedding table (PLE) in host memory instead of on the GPU.
+
+On E2B the PLE table is 262,144 x 8,960 (2.35 B parameters, 4.4 GiB in bf16), frozen, and a step reads
+only the rows of its own tokens. `HostEmbedding` keeps the table on the CPU and ships those rows: the
+Lightning module gathers them for a batch before the batch is moved to the GPU (`prefetch`), so the
+copy rides along with the batch; any other call (generation, a user's forward) gathers synchronously.
+Hand-written because neither transformers nor accelerate offers a frozen gather-only host embedding.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class HostEmbedding(nn.Module):
+    """Drop-in for Gemma 4's scaled `embed_tokens_per_layer` that keeps its table in host memory.
+
+    The table is a plain attribute, not a parameter or buffer, so `module.to(cuda)` (as Lightning does)
+    leaves it on the host; it is frozen and never saved in checkpoints or adapters.
+    """
+
+    def __init__(self, embedding: nn.Embedding, dtype: torch.dtype):
+        super().__init__()
+        self.table = embedding.weight.detach().to("cpu", dtype)
+        self.embedding_dim = self.table.shape[1]
+        self.scale = float(getattr(embedding, "scalar_embed_scale", 1.0))
+        self._prefetched: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def gather(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Rows of the table for `input_ids` (CPU tensor), in pinned memory when CUDA is present."""
+        ids = input_ids.reshape(-1).cpu()
+        out = torch.empty((ids.numel(), self.embedding_dim), dtype=self.table.dtype,
+                          pin_memory=torch.cuda.is_available())
+        torch.index_select(self.table, 0, ids, out=out)
+        return out.view(*input_ids.shape, self.embedding_dim)
+
+    def prefetch(self, input_ids: torch.Tensor, rows: torch.Tensor) -> None:
+        """Hand over rows gathered (and moved) ahead of the very next forward, which must be for these ids."""
+        self._prefetched = (input_ids, rows)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Scaled embedding rows on the ids' device, as `Gemma4TextScaledWordEmbedding` returns them."""
+        ready, self._prefetched = self._prefetched, None
+        if ready is not None and ready[0].shape == input_ids.shape:  # Gemma4Model passes a clone
+            rows = ready[1]
+        else:
+            rows = self.gather(input_ids).to(input_ids.device, non_blocking=True)
+        return rows * torch.tensor(self.scale, dtype=rows.dtype, device=rows.device)

@@ -1,0 +1,117 @@
+"""Load Gemma 4 in NF4 with `from_pretrained` + `BitsAndBytesConfig`, and its tokenizer; decide what lives where.
+
+The same code serves `google/gemma-4-E2B-it` from the hub, a local directory, and the embedded tiny model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from medqlora.tiny import TINY_MODEL_ID, ensure_tiny_model
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+PLE_MODULE = "model.language_model.embed_tokens_per_layer"
+
+
+@dataclass
+class QuantSpec:
+    """bitsandbytes 4-bit settings of the frozen base (the model card: NF4, double quant, bf16 compute).
+
+    Args:
+        load_in_4bit: quantise the base's linears to 4 bit (False: keep them in `compute_dtype`).
+        quant_type: `nf4` or `fp4`.
+        double_quant: also quantise the quantisation constants (~0.4 bit/param saved).
+        compute_dtype: dtype of the matmuls and of every non-quantised weight.
+    """
+
+    load_in_4bit: bool = True
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+
+    def __post_init__(self) -> None:
+        if self.quant_type not in ("nf4", "fp4"):
+            raise ValueError(f"model.quantization.quant_type={self.quant_type!r}: bitsandbytes 4-bit supports "
+                             "'nf4' or 'fp4'")
+        if self.compute_dtype not in DTYPES:
+            raise ValueError(f"model.quantization.compute_dtype={self.compute_dtype!r}: use one of {list(DTYPES)}")
+        if self.double_quant and not self.load_in_4bit:
+            raise ValueError("model.quantization.double_quant=true needs load_in_4bit=true; set double_quant: false")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The torch dtype of computation and of non-quantised weights."""
+        return DTYPES[self.compute_dtype]
+
+    def bnb_config(self, offload_to_cpu: bool = False):
+        """The transformers `BitsAndBytesConfig`, or None when not quantising."""
+        if not self.load_in_4bit:
+            return None
+        from transformers import BitsAndBytesConfig
+
+        return BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type=self.quant_type, bnb_4bit_use_double_quant=self.double_quant,
+            bnb_4bit_compute_dtype=self.dtype, llm_int8_enable_fp32_cpu_offload=offload_to_cpu,
+        )
+
+
+def resolve_name_or_path(name_or_path: str) -> str:
+    """`tiny` -> the built tiny model's directory; anything else (hub id or path) unchanged."""
+    return str(ensure_tiny_model()) if name_or_path == TINY_MODEL_ID else name_or_path
+
+
+def load_tokenizer(name_or_path: str):
+    """The model's own tokenizer (with its chat template). Never runs remote code."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_name_or_path(name_or_path), trust_remote_code=False)
+
+
+def load_config(name_or_path: str):
+    """The model config, checked to be Gemma 4 (medqlora's LoRA targets, template and loss assume it)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(resolve_name_or_path(name_or_path), trust_remote_code=False)
+    if config.model_type != "gemma4":
+        raise ValueError(f"model.name_or_path={name_or_path!r} is a {config.model_type!r} model; medqlora "
+                         "trains Gemma 4 (e.g. google/gemma-4-E2B-it or `tiny`)")
+    return config
+
+
+def load_base_model(name_or_path: str, quant: QuantSpec, device: torch.device, *, text_only: bool,
+                    ple_on_host: bool):
+    """`AutoModelForCausalLM.from_pretrained` in 4 bit, placed for training.
+
+    text_only: build without the vision and audio towers (never used by text training); module names of
+        the language model are unchanged, so a saved adapter still loads onto the full model.
+    ple_on_host: load the per-layer embedding table (2.35 B params on E2B) into host memory, not the GPU.
+    """
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    config = load_config(name_or_path)
+    if text_only:
+        config.vision_config = None
+        config.audio_config = None
+    offload = ple_on_host and device.type == "cuda"
+    device_map: dict[str, str | int | torch.device] = {"": device}
+    if offload:
+        device_map[PLE_MODULE] = "cpu"
+    # text_only leaves the towers' weights unread; transformers would list each as "unexpected"
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            resolve_name_or_path(name_or_path), config=config, quantization_config=quant.bnb_config(offload),
+            dtype=quant.dtype, device_map=device_map, trust_remote_code=False, use_safetensors=True,
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if offload:
+        from accelerate.hooks import remove_hook_from_module
+
+        remove_hook_from_module(model, recurse=True)  # weights stay where the device map put them
+    return model

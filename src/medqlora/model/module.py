@@ -1,0 +1,186 @@
+"""QLoRAModule: Gemma 4 in NF4 with a LoRA adapter, as a LightningModule.
+
+Lightning owns the loop, precision and checkpoints; this module owns the math: load and wrap the model
+(`configure_model`), one step function shared by training and validation, the optimizer, and which
+weights a checkpoint holds (the adapter only, never the frozen 4-bit base).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from medqlora.model.host_embedding import HostEmbedding
+from medqlora.model.loading import QuantSpec, load_base_model, load_config
+from medqlora.model.lora import LoraSpec, apply_lora, trainable_summary
+from medqlora.model.loss import LossOutput, chunked_lm_loss, full_logits_loss
+
+Optimizer = Literal["adamw_8bit", "paged_adamw_8bit", "adamw"]
+
+
+@dataclass
+class LeanSpec:
+    """Memory and speed switches of the default path; turn all off for the plain recipe.
+
+    Args:
+        chunked_loss: project only label positions to the vocabulary, in chunks recomputed in backward.
+        loss_chunk_size: positions per loss chunk (its fp32 [chunk x vocab] logits set the loss's peak).
+        ple_on_host: keep the per-layer embedding table in host memory (4.4 GiB on E2B).
+        text_only: do not load the vision and audio towers (text training never runs them).
+        upcast_frozen: run `peft.prepare_model_for_kbit_training`, which upcasts every frozen non-4-bit
+            weight to fp32 (~11 GB on E2B). Off by default; on reproduces the plain recipe.
+    """
+
+    chunked_loss: bool = True
+    loss_chunk_size: int = 256
+    ple_on_host: bool = True
+    text_only: bool = True
+    upcast_frozen: bool = False
+
+    def __post_init__(self) -> None:
+        if self.loss_chunk_size < 1:
+            raise ValueError(f"model.lean.loss_chunk_size={self.loss_chunk_size} must be >= 1 (default 256)")
+
+
+class QLoRAModule(L.LightningModule):
+    """Fine-tunes a 4-bit Gemma 4 with LoRA; logs loss and next-token accuracy on supervised tokens.
+
+    Args:
+        name_or_path: hub id (`google/gemma-4-E2B-it`), local directory, or `tiny` (the embedded default).
+        quantization: 4-bit settings of the frozen base.
+        lora: adapter settings.
+        optimizer: bitsandbytes 8-bit AdamW (default), its paged variant, or torch AdamW.
+        lr: peak learning rate (the schedule callback scales it).
+        weight_decay: AdamW weight decay.
+        betas: AdamW betas.
+        gradient_checkpointing: recompute decoder layers in backward (non-reentrant).
+        lean: memory/speed switches (see LeanSpec).
+    """
+
+    def __init__(self, name_or_path: str = "tiny", quantization: QuantSpec | None = None,
+                 lora: LoraSpec | None = None, optimizer: Optimizer = "adamw_8bit", lr: float = 2e-4,
+                 weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999),
+                 gradient_checkpointing: bool = True, lean: LeanSpec | None = None):
+        super().__init__()
+        if lr <= 0:
+            raise ValueError(f"model.lr={lr} must be > 0 (recipe: 2e-4)")
+        if weight_decay < 0:
+            raise ValueError(f"model.weight_decay={weight_decay} must be >= 0")
+        self.save_hyperparameters()
+        self.name_or_path, self.optimizer_name = name_or_path, optimizer
+        self.quant, self.lora = quantization or QuantSpec(), lora or LoraSpec()
+        self.lean = lean or LeanSpec()
+        self.config = load_config(name_or_path)
+        text = self.config.get_text_config()
+        self.softcap = text.final_logit_softcapping
+        self.max_positions = text.max_position_embeddings
+        self.model = None
+        self.strict_loading = False  # checkpoints hold the adapter only
+        for split in ("train", "val"):
+            setattr(self, f"{split}_acc", MulticlassAccuracy(num_classes=text.vocab_size, average="micro"))
+            setattr(self, f"{split}_loss", MeanMetric())
+
+    # -- model --------------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        """Load the 4-bit base on the strategy's device and add the adapter (once)."""
+        if self.model is not None:
+            return
+        device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
+        base = load_base_model(self.name_or_path, self.quant, device, text_only=self.lean.text_only,
+                               ple_on_host=self.lean.ple_on_host)
+        base.config.use_cache = False
+        gc_kwargs = {"use_reentrant": False}
+        if self.lean.upcast_frozen:
+            from peft import prepare_model_for_kbit_training
+
+            base = prepare_model_for_kbit_training(base, self.hparams.gradient_checkpointing, gc_kwargs)
+        elif self.hparams.gradient_checkpointing:
+            # transformers >= 5.2x renamed it; 5.17 (the GPU image) only has the old name
+            enable = getattr(base, "activation_checkpointing_enable", None) or base.gradient_checkpointing_enable
+            enable(gc_kwargs)
+            base.enable_input_require_grads()
+        if self.lean.ple_on_host:
+            text_model = base.model.language_model
+            text_model.embed_tokens_per_layer = HostEmbedding(text_model.embed_tokens_per_layer, self.quant.dtype)
+        self.model = apply_lora(base, self.lora)
+        self.model.train()
+        rank_zero_info(f"medqlora: {trainable_summary(self.model)}")
+
+    @property
+    def host_embedding(self) -> HostEmbedding | None:
+        """The host-memory PLE table, when `lean.ple_on_host` is on."""
+        module = self.model.base_model.model.model.language_model.embed_tokens_per_layer
+        return module if isinstance(module, HostEmbedding) else None
+
+    def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """Gather the batch's PLE rows on the host so they travel to the GPU with the batch."""
+        if self.model is not None and self.host_embedding is not None:
+            batch["ple_rows"] = self.host_embedding.gather(batch["input_ids"])
+        return batch
+
+    def forward(self, batch: dict) -> LossOutput:
+        """Loss, predictions and targets over the batch's supervised tokens."""
+        rows = batch.get("ple_rows")
+        if rows is not None:
+            self.host_embedding.prefetch(batch["input_ids"], rows)
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+        if self.lean.chunked_loss:
+            causal_lm = self.model.base_model.model
+            hidden = causal_lm.model(**inputs, use_cache=False).last_hidden_state
+            return chunked_lm_loss(hidden, causal_lm.lm_head.weight, batch["labels"], self.softcap,
+                                   self.lean.loss_chunk_size)
+        return full_logits_loss(self.model(**inputs, use_cache=False).logits, batch["labels"])
+
+    # -- steps --------------------------------------------------------------------------------------
+    def _shared_step(self, batch: dict, split: str) -> torch.Tensor:
+        out = self(batch)
+        n = out.targets.numel()
+        accuracy: MulticlassAccuracy = getattr(self, f"{split}_acc")
+        mean_loss: MeanMetric = getattr(self, f"{split}_loss")
+        if n:  # forward (not update) so Lightning can log the step value too
+            accuracy(out.preds, out.targets)
+            mean_loss(out.loss.detach(), n)
+        on_step = split == "train"
+        self.log(f"{split}/loss", mean_loss, on_step=on_step, on_epoch=not on_step, prog_bar=True)
+        self.log(f"{split}/acc", accuracy, on_step=on_step, on_epoch=not on_step, prog_bar=True)
+        self.log(f"{split}/tokens", float(n), on_step=on_step, on_epoch=not on_step, reduce_fx="sum")
+        return out.loss
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        """One micro-batch: mean loss over its supervised tokens."""
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        """Token-weighted eval loss and next-token accuracy (the model card's "accuracy")."""
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        """Same as validation, logged under val/."""
+        self._shared_step(batch, "val")
+
+    # -- optimizer and checkpoints --------------------------------------------------------------------
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """AdamW over the adapter's weights; the lr schedule is the CosineWarmup callback's job."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        kwargs = {"lr": self.hparams.lr, "betas": tuple(self.hparams.betas),
+                  "weight_decay": self.hparams.weight_decay}
+        if self.optimizer_name == "adamw":
+            return torch.optim.AdamW(params, **kwargs)
+        import bitsandbytes as bnb
+
+        cls = bnb.optim.PagedAdamW8bit if self.optimizer_name == "paged_adamw_8bit" else bnb.optim.AdamW8bit
+        return cls(params, **kwargs)
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The adapter's weights under this module's parameter names."""
+        return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Keep the adapter only: the frozen 4-bit base is reloaded from `name_or_path` on resume."""
+        checkpoint["state_dict"] = self.trainable_state_dict()

@@ -1,0 +1,55 @@
+"""Small builders the tests share (not fixtures: they take arguments)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from medqlora.data.chat import encode
+from medqlora.data.collate import pack_collate, pad_collate
+from medqlora.data.sources import Conversation
+from medqlora.model.loading import QuantSpec
+from medqlora.model.lora import LoraSpec
+from medqlora.model.module import LeanSpec, QLoRAModule
+
+CONVERSATIONS = [
+    Conversation(user="Name the first-line treatment for gout.", answer="Colchicine is first-line."),
+    Conversation(user="What confirms hypothyroidism?", answer="A raised serum TSH.",
+                 reasoning="Fatigue and weight gain suggest it; TSH confirms."),
+    Conversation(user="Treat anaphylaxis how?", answer="Intramuscular epinephrine.", system="Be brief."),
+]
+
+
+def make_module(lean: LeanSpec | None = None, dropout: float = 0.0, **kwargs) -> QLoRAModule:
+    """A configured tiny QLoRAModule on the CPU (dropout 0 so forwards are deterministic)."""
+    kwargs.setdefault("quantization", QuantSpec())
+    module = QLoRAModule("tiny", lora=LoraSpec(dropout=dropout), lean=lean or LeanSpec(), **kwargs)
+    module.configure_model()
+    return module
+
+
+def encoded_rows(tokenizer, convs=CONVERSATIONS, max_length: int = 256) -> list[dict]:
+    """Conversations -> rows as the data module stores them."""
+    rows = []
+    for conv in convs:
+        enc = encode(conv, tokenizer, max_length)
+        rows.append({"input_ids": enc.input_ids, "labels": enc.labels})
+    return rows
+
+
+def padded_batch(tokenizer) -> dict[str, torch.Tensor]:
+    """A padded batch of the shared conversations."""
+    return pad_collate(encoded_rows(tokenizer), tokenizer.pad_token_id)
+
+
+def packed_batch(tokenizer) -> dict[str, torch.Tensor]:
+    """The same conversations as one packed row."""
+    return pack_collate(encoded_rows(tokenizer))
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    """Write rows as JSON lines and return the path."""
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
