@@ -1,0 +1,75 @@
+"""The CLI: every YAML parses, the tiny default trains and resumes, bad values fail at parse time."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO
+
+from medqlora.cli import main
+
+CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
+TINY = REPO / "configs" / "tiny.yaml"
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
+def test_every_config_parses(config, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exit_.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "name_or_path:" in printed and "callbacks:" in printed
+
+
+def test_tiny_fast_dev_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli = main(["fit", "--config", str(TINY), "--trainer.fast_dev_run", "2"])
+    assert cli.trainer.state.finished
+
+
+def _run_dir() -> Path:
+    dirs = sorted(Path("runs/tiny").iterdir())
+    assert len(dirs) == 1
+    return dirs[0]
+
+
+def test_tiny_fit_writes_a_run_directory_and_resumes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--config", str(TINY), "--trainer.max_steps", "3", "--trainer.val_check_interval", "2"])
+    run = _run_dir()
+    for name in ("metrics.csv", "config.yaml", "data_card.json", "data_card.md", "memory.json",
+                 "adapter/adapter_model.safetensors", "adapter/README.md", "checkpoints/last.ckpt"):
+        assert (run / name).exists(), name
+    assert list(run.glob("events.out.tfevents.*")), "no TensorBoard events"
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert any(r["train/loss"] for r in rows) and any(r["val/loss"] for r in rows) and any(r["lr"] for r in rows)
+    card = json.loads((run / "data_card.json").read_text())
+    assert set(card["sources"]) == {"medqa", "o1", "alpacare"}
+
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert checkpoint["state_dict"] and all("lora_" in k for k in checkpoint["state_dict"])
+    assert 1 <= checkpoint["global_step"] <= 3  # saved at a validation before max_steps
+
+    cli = main(["fit", "--config", str(TINY), "--trainer.max_steps", "5",
+                "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
+    assert cli.trainer.global_step == 5
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model.lora.r", "0"], "model.lora.r=0"),
+    (["--model.optimizer", "sgd"], "sgd"),
+    (["--data.reasoning", "sometimes"], "sometimes"),
+    (["--model.lr", "-1"], "model.lr=-1"),
+    (["--data.val_fraction", "0.9"], "data.val_fraction=0.9"),
+    (["--model.quantization.quant_type", "int3"], "int3"),
+])
+def test_bad_values_fail_naming_field_and_value(args, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises((SystemExit, ValueError)) as err:
+        main(["fit", "--config", str(TINY), "--trainer.fast_dev_run", "1", *args])
+    text = capsys.readouterr().err + str(err.value)
+    assert message in text
