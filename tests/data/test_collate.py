@@ -8,7 +8,13 @@ import pytest
 import torch
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
-from medqlora.data.collate import LengthGroupedBatchSampler, PackingBatchSampler, pack_collate, pad_collate
+from medqlora.data.collate import (
+    LengthGroupedBatchSampler,
+    PackedRows,
+    PackingBatchSampler,
+    pack_collate,
+    pad_collate,
+)
 from medqlora.model.loading import load_config
 
 ROWS = [
@@ -24,6 +30,19 @@ def test_pack_collate_restarts_positions_and_masks_boundaries():
     assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1, 2, 0, 1, 2, 3, 4]]
     assert batch["labels"][0, [0, 4, 7]].tolist() == [-100, -100, -100]
     assert "attention_mask" not in batch  # padding-free: nothing to mask
+
+
+def test_packed_micro_batches_have_a_fixed_shape_and_a_separate_filler():
+    sampler = PackingBatchSampler([len(r["input_ids"]) for r in ROWS], pack_tokens=8, seed=0, shuffle=False,
+                                  rows_per_batch=2)
+    batch_plan = list(sampler)
+    assert batch_plan == [[(2, 0), (1, 0), (0, 1)]]  # first-fit decreasing: 5 + 3 | 4
+    rows = PackedRows(ROWS)
+    batch = pack_collate([rows[key] for key in batch_plan[0]], width=8, pad_id=0)
+    assert batch["input_ids"].shape == (2, 8)
+    assert batch["input_ids"][1].tolist() == [2, 10, 11, 12, 0, 0, 0, 0]
+    assert batch["position_ids"][1].tolist() == [0, 1, 2, 3, 0, 1, 2, 3]  # the filler is its own segment
+    assert batch["labels"][1].tolist() == [-100, -100, 11, 12, -100, -100, -100, -100]
 
 
 def test_pad_collate_pads_right_and_ignores_padding():
@@ -60,8 +79,8 @@ def _lengths(n: int = 300, seed: int = 0) -> list[int]:
 
 def test_packing_plan_is_deterministic_complete_and_within_budget():
     lengths = _lengths()
-    plan = PackingBatchSampler(lengths, pack_tokens=256, seed=3).plan()
-    assert plan == PackingBatchSampler(lengths, pack_tokens=256, seed=3).plan()
+    plan = PackingBatchSampler(lengths, pack_tokens=256, seed=3).packs()
+    assert plan == PackingBatchSampler(lengths, pack_tokens=256, seed=3).packs()
     assert sorted(i for pack in plan for i in pack) == list(range(len(lengths)))
     assert all(sum(lengths[i] for i in pack) <= 256 for pack in plan)
     used = sum(lengths) / (256 * len(plan))
@@ -81,7 +100,7 @@ def test_ranks_get_disjoint_equal_shards():
     lengths = _lengths()
     shards = [list(PackingBatchSampler(lengths, 256, seed=1, rank=r, world_size=2)) for r in (0, 1)]
     assert len(shards[0]) == len(shards[1])
-    flat = [i for shard in shards for batch in shard for i in batch]
+    flat = [i for shard in shards for batch in shard for i, _slot in batch]
     assert len(flat) == len(set(flat))
 
 

@@ -48,28 +48,28 @@ class PeakMemory(Callback):
         self._epoch_peak = 0.0
         self._start = 0.0
 
-    def _cuda(self, pl_module: L.LightningModule) -> bool:
-        return pl_module.device.type == "cuda"
+    def _device(self, trainer: L.Trainer) -> torch.device:
+        return trainer.strategy.root_device  # the module itself is back on the CPU after teardown
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Reset the counters once the model and optimizer are in place."""
         self._start = time.perf_counter()
-        if self._cuda(pl_module):
-            torch.cuda.reset_peak_memory_stats(pl_module.device)
+        if self._device(trainer).type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self._device(trainer))
 
     def split(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
         """Bytes (GiB) of parameters + buffers, optimizer state and gradients on the training device."""
-        device = pl_module.device
+        device = self._device(trainer)
         params = _tensor_bytes([*pl_module.parameters(), *pl_module.buffers()], device)
         state = [v for opt in trainer.optimizers for s in opt.state.values() for v in s.values()]
         grads = _tensor_bytes([p.grad for p in pl_module.parameters() if p.grad is not None], device)
         return {"params_gib": params / GIB, "optimizer_state_gib": _tensor_bytes(state, device) / GIB,
                 "grads_gib": grads / GIB}
 
-    def measure(self, pl_module: L.LightningModule) -> dict[str, float]:
+    def measure(self, trainer: L.Trainer) -> dict[str, float]:
         """Peak since the last reset (CUDA) or resident set (CPU), in GiB."""
-        if self._cuda(pl_module):
-            device = pl_module.device
+        device = self._device(trainer)
+        if device.type == "cuda":
             return {"peak_alloc_gib": torch.cuda.max_memory_allocated(device) / GIB,
                     "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / GIB}
         return {"rss_gib": _rss_bytes() / GIB, "peak_rss_gib": _peak_rss_bytes() / GIB}
@@ -79,32 +79,37 @@ class PeakMemory(Callback):
         """Log the interval's peak on optimizer-step boundaries and reset it."""
         every = self.every_n_steps or trainer.log_every_n_steps
         if not trainer.fit_loop._should_accumulate() and trainer.global_step % max(1, every) == 0:
-            stats = self.measure(pl_module)
+            stats = self.measure(trainer)
             peak = stats.get("peak_alloc_gib", stats.get("peak_rss_gib", 0.0))
             self._epoch_peak = max(self._epoch_peak, peak)
             self.summary["peak_gib"] = max(self.summary.get("peak_gib", 0.0), peak)
+            if "peak_reserved_gib" in stats:
+                self.summary["peak_reserved_gib"] = max(self.summary.get("peak_reserved_gib", 0.0),
+                                                        stats["peak_reserved_gib"])
             for key, value in stats.items():
                 pl_module.log(f"mem/{key}", value, on_step=True, prog_bar=key in ("peak_alloc_gib", "rss_gib"))
-            if self._cuda(pl_module):
-                torch.cuda.reset_peak_memory_stats(pl_module.device)
+            if self._device(trainer).type == "cuda":
+                torch.cuda.reset_peak_memory_stats(self._device(trainer))
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Log the epoch's peak."""
         pl_module.log("mem/epoch_peak_gib", self._epoch_peak, on_epoch=True)
         self._epoch_peak = 0.0
 
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Print a one-line summary and write memory.json to the run directory."""
-        stats = self.measure(pl_module)
+        stats = self.measure(trainer)
         peak = max(self.summary.get("peak_gib", 0.0), stats.get("peak_alloc_gib", stats.get("peak_rss_gib", 0.0)))
         split = self.split(trainer, pl_module)
-        self.summary = {"device": str(pl_module.device), "peak_gib": peak, **split,
-                        "activations_peak_gib": max(0.0, peak - sum(split.values()))
-                        if self._cuda(pl_module) else None,
+        on_cuda = self._device(trainer).type == "cuda"
+        reserved = max(self.summary.get("peak_reserved_gib", 0.0), stats.get("peak_reserved_gib", 0.0))
+        self.summary = {"device": str(self._device(trainer)), "peak_gib": peak, "peak_reserved_gib": reserved,
+                        **split,
+                        "activations_peak_gib": max(0.0, peak - sum(split.values())) if on_cuda else None,
                         "wall_time_s": time.perf_counter() - self._start}
         rank_zero_info("medqlora memory: peak {peak_gib:.2f} GiB on {device} (params {params_gib:.2f}, "
                        "optimizer {optimizer_state_gib:.3f}, grads {grads_gib:.3f}); "
                        "wall {wall_time_s:.0f} s".format(**self.summary))
-        if trainer.is_global_zero and trainer.log_dir:
+        if trainer.is_global_zero and trainer.loggers and trainer.log_dir:
             Path(trainer.log_dir).mkdir(parents=True, exist_ok=True)
             (Path(trainer.log_dir) / "memory.json").write_text(json.dumps(self.summary, indent=2))

@@ -55,7 +55,7 @@ class DataCard:
         lengths = dm.train_set["length"]
         padded = LengthGroupedBatchSampler(lengths, dm.micro_batch_size, dm.seed, True, False).plan()
         grouped = LengthGroupedBatchSampler(lengths, dm.micro_batch_size, dm.seed, True, True).plan()
-        packs = PackingBatchSampler(lengths, dm.pack_tokens, dm.seed, True).plan()
+        packs = PackingBatchSampler(lengths, dm.pack_tokens, dm.seed, True).packs()
         totals = {"train": len(dm.train_set), "val": len(dm.val_set)}
         return cls({
             "seed": dm.seed, "max_length": dm.max_length, "reasoning": dm.reasoning,

@@ -2,9 +2,10 @@
 
 Two layouts, both deterministic for a seed and an epoch:
 - padded: `micro_batch_size` rows padded to the longest, optionally grouped by length;
-- packed: rows concatenated into one padding-free row of at most `pack_tokens` tokens, with position
-  ids restarting at every sample. transformers reads restarting position ids as packed sequences and
-  masks attention across them (`masking_utils.find_packed_sequence_indices`).
+- packed: `micro_batch_size` packed rows of `pack_tokens` tokens each (default = max length), samples
+  concatenated with position ids restarting at every sample. transformers reads restarting position ids
+  as packed sequences and masks attention across them (`masking_utils.find_packed_sequence_indices`).
+  Rows of the recipe's shape (2 x 2048) hold several samples each instead of one plus padding.
 Written by hand because neither Lightning nor datasets packs with per-sample position ids.
 """
 
@@ -14,7 +15,7 @@ import random
 from collections.abc import Iterator, Sequence
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import Dataset, Sampler
 
 from medqlora.data.chat import IGNORE_INDEX
 
@@ -73,18 +74,21 @@ class LengthGroupedBatchSampler(_EpochBatchSampler):
 
 
 class PackingBatchSampler(_EpochBatchSampler):
-    """Groups rows into packs of at most `pack_tokens` tokens (first-fit decreasing within a window)."""
+    """Packs rows into rows of at most `pack_tokens` tokens (first-fit decreasing within a window) and
+    yields `rows_per_batch` packs per micro-batch, as (row index, slot) pairs: the slot is the packed row
+    of the micro-batch that the row goes into (read with `PackedRows`)."""
 
     def __init__(self, lengths: Sequence[int], pack_tokens: int, seed: int, shuffle: bool = True,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, rows_per_batch: int = 1):
         super().__init__(lengths, seed, shuffle, rank, world_size)
         too_long = max(self.lengths, default=0)
         if too_long > pack_tokens:
             raise ValueError(f"data.pack_tokens={pack_tokens} is smaller than a {too_long}-token row; "
                              "set pack_tokens >= max_length")
-        self.pack_tokens = pack_tokens
+        self.pack_tokens, self.rows_per_batch = pack_tokens, rows_per_batch
 
-    def plan(self) -> list[list[int]]:
+    def packs(self) -> list[list[int]]:
+        """This epoch's packs (lists of row indices), in training order."""
         order, packs = self._order(), []
         for s in range(0, len(order), LOOKAHEAD):
             window: list[tuple[int, list[int]]] = []  # (tokens used, rows)
@@ -95,7 +99,28 @@ class PackingBatchSampler(_EpochBatchSampler):
                 else:
                     window[window.index(slot)] = (slot[0] + self.lengths[i], slot[1] + [i])
             packs.extend(rows for _, rows in window)
+        if self.shuffle:
+            random.Random(f"{self.seed}:{self.epoch}:packs").shuffle(packs)
         return packs
+
+    def plan(self) -> list[list[tuple[int, int]]]:
+        packs, k = self.packs(), self.rows_per_batch
+        return [[(i, slot) for slot, pack in enumerate(packs[s:s + k]) for i in pack]
+                for s in range(0, len(packs), k)]
+
+
+class PackedRows(Dataset):
+    """A split addressed by (row index, slot) pairs, so the collator knows which packed row each row joins."""
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        index, slot = key
+        return {**self.rows[index], "slot": slot}
 
 
 def pad_collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
@@ -110,20 +135,38 @@ def pad_collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def pack_collate(rows: list[dict]) -> dict[str, torch.Tensor]:
-    """Concatenate rows into one padding-free row; position ids restart at 0 for every sample."""
-    ids = torch.tensor([t for r in rows for t in r["input_ids"]], dtype=torch.long)
-    labels = torch.tensor([t for r in rows for t in r["labels"]], dtype=torch.long)
-    positions = torch.cat([torch.arange(len(r["input_ids"])) for r in rows])
-    labels[positions == 0] = IGNORE_INDEX  # a sample's first token is never predicted from the previous one
-    return {"input_ids": ids[None], "position_ids": positions[None], "labels": labels[None]}
+def _packed_row(rows: list[dict], width: int | None, pad_id: int) -> tuple[torch.Tensor, ...]:
+    ids = [t for r in rows for t in r["input_ids"]]
+    labels = [t for r in rows for t in r["labels"]]
+    positions = [p for r in rows for p in range(len(r["input_ids"]))]
+    filler = (width or len(ids)) - len(ids)  # a segment of its own: it attends only to itself
+    ids, labels, positions = ids + [pad_id] * filler, labels + [IGNORE_INDEX] * filler, positions + list(range(filler))
+    ids_t, labels_t, pos_t = (torch.tensor(x, dtype=torch.long) for x in (ids, labels, positions))
+    labels_t[pos_t == 0] = IGNORE_INDEX  # a sample's first token is never predicted from the previous one
+    return ids_t, pos_t, labels_t
+
+
+def pack_collate(rows: list[dict], width: int | None = None, pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """Concatenate rows into packed rows (one per `slot`, default all in one); position ids restart at 0
+    for every sample. With `width`, each packed row is filled to exactly `width` tokens by a separate
+    filler segment, so every micro-batch has the same shape (attention kernels cache plans per shape)."""
+    slots: dict[int, list[dict]] = {}
+    for r in rows:
+        slots.setdefault(r.get("slot", 0), []).append(r)
+    packed = [_packed_row(group, width, pad_id) for _, group in sorted(slots.items())]
+    if width is None and len(packed) > 1:
+        raise ValueError("several packed rows need a width to stack them; pass width=pack_tokens")
+    ids, positions, labels = (torch.stack(parts) for parts in zip(*packed))
+    return {"input_ids": ids, "position_ids": positions, "labels": labels}
 
 
 class Collator:
-    """Picklable collate function for DataLoader workers: padded or packed layout."""
+    """Picklable collate function for DataLoader workers: padded, or packed rows of `pack_tokens`."""
 
-    def __init__(self, packed: bool, pad_id: int):
-        self.packed, self.pad_id = packed, pad_id
+    def __init__(self, packed: bool, pad_id: int, pack_tokens: int | None = None):
+        self.packed, self.pad_id, self.pack_tokens = packed, pad_id, pack_tokens
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        return pack_collate(rows) if self.packed else pad_collate(rows, self.pad_id)
+        if self.packed:
+            return pack_collate(rows, self.pack_tokens, self.pad_id)
+        return pad_collate(rows, self.pad_id)

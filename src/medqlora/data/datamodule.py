@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from medqlora.data.card import DataCard
 from medqlora.data.chat import Truncation, encode
-from medqlora.data.collate import Collator, LengthGroupedBatchSampler, PackingBatchSampler
+from medqlora.data.collate import Collator, LengthGroupedBatchSampler, PackedRows, PackingBatchSampler
 from medqlora.data.mix import EvalQuestions, SamplePolicy, build_mix
 from medqlora.data.sources import Conversation, ReasoningMode, SourceSpec
 from medqlora.model.loading import load_tokenizer
@@ -40,8 +40,8 @@ class MedicalMixDataModule(L.LightningDataModule):
         tokenizer: tokenizer name or path; linked from `model.name_or_path` by the CLI.
         max_length: longest row in tokens (prompt + answer).
         micro_batch_size: rows per micro-batch (padded layout).
-        packing: pack rows padding-free into rows of `pack_tokens` tokens (default: micro_batch_size x max_length).
-        pack_tokens: token budget of one packed row.
+        packing: pack samples into `micro_batch_size` rows of `pack_tokens` tokens, instead of one sample per row.
+        pack_tokens: length of one packed row (default: max_length).
         group_by_length: padded layout only: batch rows of similar length together.
         reasoning: where o1's chain of thought goes: Gemma 4's thinking channel, inline, or dropped.
         system_prompt: optional system turn for every row.
@@ -68,7 +68,7 @@ class MedicalMixDataModule(L.LightningDataModule):
             raise ValueError(f"data.val_fraction={val_fraction} must be in [0, 0.5) (recipe: 0.05)")
         self.sources = sources if sources is not None else sample_sources()
         self.tokenizer_name, self.max_length, self.micro_batch_size = tokenizer, max_length, micro_batch_size
-        self.packing, self.pack_tokens = packing, pack_tokens or micro_batch_size * max_length
+        self.packing, self.pack_tokens = packing, pack_tokens or max_length
         if self.pack_tokens < max_length:
             raise ValueError(f"data.pack_tokens={self.pack_tokens} < data.max_length={max_length}; "
                              "a packed row must hold the longest row")
@@ -133,14 +133,16 @@ class MedicalMixDataModule(L.LightningDataModule):
         world = self.trainer.world_size if self._trainer_attached() else 1
         lengths = data["length"]
         if self.packing:
-            return PackingBatchSampler(lengths, self.pack_tokens, self.seed, shuffle, rank, world)
+            return PackingBatchSampler(lengths, self.pack_tokens, self.seed, shuffle, rank, world,
+                                       rows_per_batch=self.micro_batch_size)
         return LengthGroupedBatchSampler(lengths, self.micro_batch_size, self.seed, shuffle,
                                          self.group_by_length, rank, world)
 
     def _loader(self, data: Dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(data.select_columns(["input_ids", "labels"]),
+        rows = data.select_columns(["input_ids", "labels"])
+        return DataLoader(PackedRows(rows) if self.packing else rows,
                           batch_sampler=self.batch_sampler(data, shuffle),
-                          collate_fn=Collator(self.packing, self.tokenizer.pad_token_id),
+                          collate_fn=Collator(self.packing, self.tokenizer.pad_token_id, self.pack_tokens),
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:

@@ -97,7 +97,8 @@ def load_base_model(name_or_path: str, quant: QuantSpec, device: torch.device, *
         config.vision_config = None
         config.audio_config = None
     offload = ple_on_host and device.type == "cuda"
-    device_map: dict[str, str | int | torch.device] = {"": device}
+    target = f"cuda:{device.index or 0}" if device.type == "cuda" else device.type
+    device_map: dict[str, str] = {"": target}
     if offload:
         device_map[PLE_MODULE] = "cpu"
     # text_only leaves the towers' weights unread; transformers would list each as "unexpected"

@@ -83,7 +83,8 @@ class QLoRAModule(L.LightningModule):
         self.model = None
         self.strict_loading = False  # checkpoints hold the adapter only
         for split in ("train", "val"):
-            setattr(self, f"{split}_acc", MulticlassAccuracy(num_classes=text.vocab_size, average="micro"))
+            setattr(self, f"{split}_acc", MulticlassAccuracy(num_classes=text.vocab_size, average="micro",
+                                                                 validate_args=False))
             setattr(self, f"{split}_loss", MeanMetric())
 
     # -- model --------------------------------------------------------------------------------------
@@ -110,6 +111,8 @@ class QLoRAModule(L.LightningModule):
             text_model.embed_tokens_per_layer = HostEmbedding(text_model.embed_tokens_per_layer, self.quant.dtype)
         self.model = apply_lora(base, self.lora)
         self.model.train()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # hand back what loading reserved, so reserved memory reflects training
         rank_zero_info(f"medqlora: {trainable_summary(self.model)}")
 
     @property

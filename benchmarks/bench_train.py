@@ -1,0 +1,292 @@
+"""Training speed and memory: the model card's plain recipe vs medqlora's default path, same GPU, same run.
+
+    python benchmarks/bench_train.py build --out .bench/e2b           # random E2B weights, saved once
+    python benchmarks/bench_train.py case --system plain-recipe --rows full-2x2048 --model .bench/e2b --json a.json
+    python benchmarks/bench_train.py case --system medqlora --rows real-lengths --model .bench/e2b --json b.json
+    python benchmarks/bench_train.py merge a.json b.json ... --out benchmarks/results/<name>.json
+
+Each case runs in its own process so one system's allocations never colour the other's peak.
+`benchmarks/run_gpu.sh` runs the whole set in one device call. `--model tiny` smoke-tests on the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+EPOCH_ROWS = 47_189  # the model card's training rows
+# (prompt median, answer median, share) per source, lognormal sigma 0.5, capped at 2048 (issue #4)
+MIX = {"medqa": (230, 12, 0.34), "o1": (90, 900, 0.30), "alpacare": (40, 230, 0.36)}
+MAX_LEN, MICRO_BATCH, ACCUMULATE, LR = 2048, 2, 8, 2e-4
+WARMUP_BATCHES, TIMED_BATCHES = 3, int(__import__("os").environ.get("BENCH_TIMED", 21))
+GIB = 1024**3
+
+
+def synthetic_rows(kind: str, n: int, vocab: int, seed: int = 0) -> list[dict]:
+    """Rows of random token ids: full 2048-token rows (all supervised), or the mix's length profile."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        if kind == "full-2x2048":
+            prompt, answer = 1, MAX_LEN - 1
+        else:
+            name = rng.choices(list(MIX), weights=[m[2] for m in MIX.values()])[0]
+            p_med, a_med, _ = MIX[name]
+            prompt = max(4, round(rng.lognormvariate(math.log(p_med), 0.5)))
+            answer = max(2, round(rng.lognormvariate(math.log(a_med), 0.5)))
+            prompt, answer = min(prompt, MAX_LEN - 2), min(answer, MAX_LEN - min(prompt, MAX_LEN - 2))
+        ids = [2] + [rng.randrange(3, vocab) for _ in range(prompt + answer - 1)]
+        rows.append({"input_ids": ids, "labels": [-100] * prompt + ids[prompt:]})
+    return rows
+
+
+def build(out: Path, reference: Path) -> None:
+    """Save the real E2B architecture with random bf16 weights as a local checkpoint."""
+    from transformers import Gemma4Config, Gemma4ForConditionalGeneration
+
+    cfg = json.loads(reference.read_text())
+    config = Gemma4Config(**{k: v for k, v in cfg.items() if k != "model_type"})
+    torch.manual_seed(0)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.device(device):
+        torch.set_default_dtype(torch.bfloat16)
+        model = Gemma4ForConditionalGeneration(config)
+        torch.set_default_dtype(torch.float32)
+    print(f"built {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B parameters", flush=True)
+    model.save_pretrained(out, safe_serialization=True)
+
+
+class Clock:
+    """Wall time between consecutive step ends (everything a step costs: data, transfer, compute)."""
+
+    def __init__(self) -> None:
+        self.last = None
+        self.steps: list[tuple[float, dict]] = []
+
+    def tick(self, batch_stats: dict) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        if self.last is not None:
+            self.steps.append((now - self.last, batch_stats))
+        self.last = now
+
+
+def batch_stats(batch: dict) -> dict:
+    """Tokens, supervised tokens and rows in one micro-batch."""
+    labels, real = batch["labels"], batch["input_ids"] != 0  # synthetic ids are never the pad id 0
+    tokens = int(real.sum())
+    rows = int(((batch["position_ids"] == 0) & real).sum()) if "position_ids" in batch else labels.shape[0]
+    return {"tokens": tokens, "supervised": int((labels[:, 1:] != -100).sum()), "rows": rows,
+            "slots": labels.numel()}
+
+
+def run_plain(model_path: str, rows: list[dict], device: torch.device) -> Clock:
+    """The card's recipe as its users write it: transformers + PEFT + bitsandbytes, a plain loop."""
+    import bitsandbytes as bnb
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from medqlora.data.collate import pad_collate
+    from medqlora.model.lora import LoraSpec
+
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(model_path, quantization_config=quant, dtype=torch.bfloat16,
+                                                 device_map={"": str(device)})
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+    # the card's plain name list trips on the vision tower's Gemma4ClippableLinear: language model only
+    lora = LoraConfig(r=16, lora_alpha=16, lora_dropout=0.05, target_modules=LoraSpec().target_regex(),
+                      task_type="CAUSAL_LM")
+    model = get_peft_model(model, lora)
+    model.config.use_cache = False
+    optimizer = bnb.optim.AdamW8bit([p for p in model.parameters() if p.requires_grad], lr=LR)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    clock = Clock()
+    clock.tick({})
+    for i in range(WARMUP_BATCHES + TIMED_BATCHES):
+        batch = pad_collate(rows[i * MICRO_BATCH:(i + 1) * MICRO_BATCH], pad_id=0)
+        stats = batch_stats(batch)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            loss = model(**batch).loss / ACCUMULATE
+        loss.backward()
+        if (i + 1) % ACCUMULATE == 0:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        clock.tick(stats)
+    return clock
+
+
+def run_medqlora(model_path: str, rows: list[dict], device: torch.device,
+                 args: argparse.Namespace) -> tuple[Clock, dict]:
+    """medqlora's default path through the real Lightning Trainer, on 2 packed rows of 2048 tokens."""
+    import lightning as L
+    from lightning.pytorch.callbacks import Callback
+    from torch.utils.data import DataLoader
+
+    from medqlora.callbacks.accumulation import GradientAccumulation
+    from medqlora.callbacks.memory import PeakMemory
+    from medqlora.callbacks.schedule import CosineWarmup
+    from medqlora.data.collate import Collator, LengthGroupedBatchSampler, PackedRows, PackingBatchSampler
+    from medqlora.model.module import LeanSpec, QLoRAModule
+
+    clock = Clock()
+    profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                  torch.profiler.ProfilerActivity.CUDA])
+
+    class Tick(Callback):
+        def on_train_start(self, trainer, pl_module):
+            clock.tick({})
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if args.profile and batch_idx == WARMUP_BATCHES:
+                profiler.start()
+            if args.memory_report and batch_idx == WARMUP_BATCHES:
+                # no stacks: capturing them inside checkpoint recomputation crashed (torch 2.11)
+                torch.cuda.memory._record_memory_history(context=None, stacks="python", max_entries=500_000)
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            clock.tick(batch_stats(batch))
+            if args.memory_report and batch_idx == WARMUP_BATCHES:
+                from memory_peak import peak_report
+
+                try:
+                    report = peak_report(torch.cuda.memory._snapshot())
+                except Exception as err:  # a diagnostic must not cost the measurement
+                    report = {"error": repr(err)}
+                torch.cuda.memory._record_memory_history(enabled=None)
+                Path(args.memory_report).write_text(json.dumps(report, indent=2))
+                print(json.dumps(report, indent=1), flush=True)
+            if args.profile and batch_idx == WARMUP_BATCHES + 2:
+                profiler.stop()
+                table = profiler.key_averages().table(sort_by="cuda_time_total", row_limit=22, max_name_column_width=60)
+                print(table, flush=True)
+
+    lengths = [len(r["input_ids"]) for r in rows]
+    packed = args.layout == "packed"
+    sampler = (PackingBatchSampler(lengths, args.pack_tokens, seed=0, rows_per_batch=args.micro_batch) if packed
+               else LengthGroupedBatchSampler(lengths, args.micro_batch, seed=0, group_by_length=True))
+    loader = DataLoader(PackedRows(rows) if packed else rows, batch_sampler=sampler,
+                        collate_fn=Collator(packed=packed, pad_id=0, pack_tokens=args.pack_tokens))
+    memory = PeakMemory(every_n_steps=1)
+    trainer = L.Trainer(accelerator=device.type, devices=1, precision="bf16-mixed", max_epochs=1,
+                        limit_train_batches=WARMUP_BATCHES + TIMED_BATCHES, limit_val_batches=0, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[GradientAccumulation(ACCUMULATE), CosineWarmup(0.05), memory, Tick()])
+    lean = LeanSpec(ple_on_host=not args.ple_on_gpu, loss_chunk_size=args.loss_chunk)
+    module = QLoRAModule(model_path, lr=LR, lean=lean)
+    trainer.fit(module, train_dataloaders=loader)
+    return clock, memory.summary
+
+
+def summarise(system: str, kind: str, clock: Clock, device: torch.device) -> dict:
+    """The issue's figures for one case, from the timed steps (after warm-up)."""
+    timed = clock.steps[WARMUP_BATCHES:]
+    seconds = sum(s for s, _ in timed)
+    total = {k: sum(st[k] for _, st in timed) for k in ("tokens", "supervised", "rows", "slots")}
+    case = {"system": system, "rows": kind, "steps_timed": len(timed),
+            "step_s_median": statistics.median(s for s, _ in timed),
+            "tokens_per_s": total["tokens"] / seconds, "supervised_tokens_per_s": total["supervised"] / seconds,
+            "rows_per_s": total["rows"] / seconds, "padding_share": 1 - total["tokens"] / total["slots"],
+            "epoch_minutes": EPOCH_ROWS / (total["rows"] / seconds) / 60}
+    if device.type == "cuda":
+        case["peak_alloc_gib"] = torch.cuda.max_memory_allocated(device) / GIB
+        case["peak_reserved_gib"] = torch.cuda.max_memory_reserved(device) / GIB
+    return case
+
+
+def case(args: argparse.Namespace) -> None:
+    """Run one (system, rows) case and write its figures as JSON."""
+    from medqlora.model.loading import load_config, resolve_name_or_path
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model_path = resolve_name_or_path(args.model)
+    vocab = load_config(model_path).get_text_config().vocab_size
+    scale = max(1, args.pack_tokens * args.micro_batch // (MICRO_BATCH * MAX_LEN))
+    n_rows = MICRO_BATCH * (WARMUP_BATCHES + TIMED_BATCHES) * (8 if args.rows == "real-lengths" else 1) * scale
+    rows = synthetic_rows(args.rows, n_rows, vocab, seed=0)
+    if args.rows == "full-2x2048" and args.model == "tiny":
+        rows = [{k: v[:256] for k, v in r.items()} for r in rows]  # CPU smoke test
+    if args.system == "plain-recipe":
+        result = summarise(args.system, args.rows, run_plain(model_path, rows, device), device)
+    else:
+        clock, memory = run_medqlora(model_path, rows, device, args)
+        variant = {"layout": args.layout, "micro_batch": args.micro_batch,
+                   "pack_tokens": args.pack_tokens if args.layout == "packed" else None,
+                   "ple_on_host": not args.ple_on_gpu}
+        result = {**summarise(args.system, args.rows, clock, device), **variant, "memory_split": memory}
+        if "peak_gib" in memory and device.type == "cuda":
+            # PeakMemory resets the CUDA peak every interval: its running maximum is the training peak
+            result["peak_alloc_gib"] = memory["peak_gib"]
+            result["peak_reserved_gib"] = memory["peak_reserved_gib"]
+    if args.label:
+        result["label"] = args.label
+    Path(args.json).write_text(json.dumps(result, indent=2))
+    print(json.dumps(result), flush=True)
+
+
+def merge(args: argparse.Namespace) -> None:
+    """Combine case files into one result file with the GPU, versions and command."""
+    import importlib.metadata as md
+
+    versions = {}
+    for pkg in ("torch", "transformers", "peft", "bitsandbytes", "lightning"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = None
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"
+    cases = [json.loads(Path(p).read_text()) for p in args.cases if Path(p).is_file()]
+    for rows in {c["rows"] for c in cases}:
+        base = next((c for c in cases if c["rows"] == rows and c["system"] == "plain-recipe"), None)
+        for c in cases:
+            if base and c["rows"] == rows and c["system"] == "medqlora":
+                c["speedup_supervised_tokens_per_s"] = c["supervised_tokens_per_s"] / base["supervised_tokens_per_s"]
+                if "peak_alloc_gib" in c:
+                    c["memory_ratio_vs_plain"] = c["peak_alloc_gib"] / base["peak_alloc_gib"]
+    out = {"gpu": gpu, "versions": versions, "command": args.command, "cases": cases}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2))
+    print(json.dumps(out, indent=2))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build")
+    b.add_argument("--out", required=True, type=Path)
+    b.add_argument("--reference", type=Path, default=Path(__file__).with_name("gemma4-e2b-config.json"))
+    c = sub.add_parser("case")
+    c.add_argument("--system", choices=["plain-recipe", "medqlora"], required=True)
+    c.add_argument("--rows", choices=["full-2x2048", "real-lengths"], required=True)
+    c.add_argument("--model", required=True)
+    c.add_argument("--json", required=True)
+    c.add_argument("--layout", choices=["packed", "padded"], default="packed", help="medqlora only")
+    c.add_argument("--pack-tokens", type=int, default=MAX_LEN, help="medqlora only: length of a packed row")
+    c.add_argument("--micro-batch", type=int, default=MICRO_BATCH, help="medqlora only: (packed) rows per step")
+    c.add_argument("--loss-chunk", type=int, default=256, help="medqlora only: positions per loss chunk")
+    c.add_argument("--ple-on-gpu", action="store_true", help="medqlora only: PLE table on the GPU")
+    c.add_argument("--profile", action="store_true", help="medqlora only: print a profiler table")
+    c.add_argument("--memory-report", default=None, help="medqlora only: JSON of who holds the peak")
+    c.add_argument("--label", default=None, help="a name for this variant in the results")
+    m = sub.add_parser("merge")
+    m.add_argument("cases", nargs="+")
+    m.add_argument("--out", required=True)
+    m.add_argument("--command", default=" ".join(sys.argv))
+    args = parser.parse_args(argv)
+    {"build": lambda a: build(a.out, a.reference), "case": case, "merge": merge}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()
