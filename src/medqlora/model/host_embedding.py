@@ -23,6 +23,9 @@ class HostEmbedding(nn.Module):
     def __init__(self, embedding: nn.Embedding, dtype: torch.dtype):
         super().__init__()
         self.table = embedding.weight.detach().to("cpu", dtype)
+        # Release the source storage: loaders and hooks may keep the old module alive, and if it was ever
+        # materialised on the GPU it would pin 4.4 GiB there (see docs/benchmarks.md).
+        embedding.weight.data = torch.empty(0, dtype=self.table.dtype)
         self.embedding_dim = self.table.shape[1]
         self.scale = float(getattr(embedding, "scalar_embed_scale", 1.0))
         self._prefetched: tuple[torch.Tensor, torch.Tensor] | None = None
