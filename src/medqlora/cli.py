@@ -1,15 +1,18 @@
 """The `medqlora` command: LightningCLI over QLoRAModule and MedicalMixDataModule.
 
 `medqlora fit|validate|test|predict --config configs/X.yaml`; `--print_config` shows every value.
+`medqlora curves RUN_DIR` redraws a run's curves.png.
 Tests call `main([...])` in-process.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from medqlora.callbacks.curves import plot_curves
 from medqlora.data.datamodule import MedicalMixDataModule
 from medqlora.model.module import QLoRAModule
 
@@ -34,8 +37,22 @@ class MedQLoRACLI(LightningCLI):
                 init.version = stamp
 
 
-def main(args: list[str] | None = None) -> MedQLoRACLI:
+PROJECT_COMMANDS = {"curves": "medqlora curves RUN_DIR [OUT.png]: redraw a run's curves.png from its metrics.csv"}
+
+
+def project_command(args: list[str]) -> None:
+    """Subcommands that are not Lightning's (fit/validate/test/predict)."""
+    if args[0] == "curves":
+        if len(args) not in (2, 3):
+            raise SystemExit(f"usage: {PROJECT_COMMANDS['curves']}")
+        print(plot_curves(*args[1:]))
+
+
+def main(args: list[str] | None = None) -> MedQLoRACLI | None:
     """Entry point of the `medqlora` console script and of `python -m medqlora`."""
+    argv = sys.argv[1:] if args is None else args
+    if argv and argv[0] in PROJECT_COMMANDS:
+        return project_command(argv)
     return MedQLoRACLI(QLoRAModule, MedicalMixDataModule, args=args, save_config_kwargs={"overwrite": True})
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from medqlora.data.chat import IGNORE_INDEX, encode, messages_of, render_prompt
+from medqlora.data.chat import IGNORE_INDEX, encode, messages_of, render_prompt, show_supervision
 from medqlora.data.sources import Conversation
 
 PLAIN = Conversation(user="What treats gout?", answer="Colchicine.")
@@ -68,3 +68,9 @@ def test_truncation_never_leaves_a_row_without_supervised_tokens(tokenizer):
     prompt_len = len(_ids(tokenizer, render_prompt(PLAIN, tokenizer)))
     with pytest.raises(ValueError, match="no_supervised_tokens"):
         encode(PLAIN, tokenizer, max_length=prompt_len, truncation="truncate")
+
+
+def test_show_supervision_marks_exactly_the_target(tokenizer):
+    enc = encode(PLAIN, tokenizer, max_length=512)
+    shown = show_supervision(tokenizer, enc.input_ids, enc.labels)
+    assert shown == render_prompt(PLAIN, tokenizer) + "«Colchicine.<turn|>»"

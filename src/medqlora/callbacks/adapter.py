@@ -56,7 +56,8 @@ class AdapterExport(Callback):
         self.monitor, self.save_best = monitor, save_best
         self.best = math.inf
 
-    def _dir(self, trainer: L.Trainer, name: str) -> Path:
+    def adapter_dir(self, trainer: L.Trainer, name: str) -> Path:
+        """Where `adapter` and `adapter-best` go (override to put them elsewhere)."""
         return Path(trainer.log_dir or trainer.default_root_dir) / name
 
     def _metrics(self, trainer: L.Trainer) -> dict[str, float]:
@@ -69,12 +70,12 @@ class AdapterExport(Callback):
             return
         self.best = float(value)
         if trainer.is_global_zero:
-            save_adapter(pl_module, self._dir(trainer, "adapter-best"), self._metrics(trainer))
+            save_adapter(pl_module, self.adapter_dir(trainer, "adapter-best"), self._metrics(trainer))
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Save the final adapter."""
         if trainer.is_global_zero:
-            path = save_adapter(pl_module, self._dir(trainer, "adapter"), self._metrics(trainer))
+            path = save_adapter(pl_module, self.adapter_dir(trainer, "adapter"), self._metrics(trainer))
             rank_zero_info(f"medqlora: adapter written to {path}")
 
     def state_dict(self) -> dict:

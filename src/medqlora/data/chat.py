@@ -59,3 +59,19 @@ def encode(conv: Conversation, tokenizer, max_length: int, truncation: Truncatio
     if not target:
         raise ValueError("no_supervised_tokens")
     return Encoded(input_ids=prompt + target, labels=[IGNORE_INDEX] * len(prompt) + target)
+
+
+def show_supervision(tokenizer, input_ids: list[int], labels: list[int], mark: tuple[str, str] = ("«", "»")) -> str:
+    """The row as text with its supervised spans wrapped in `mark`: what the loss sees, made visible."""
+    parts, current, supervised = [], [], False
+    for token, label in zip(input_ids, labels):
+        if (label != IGNORE_INDEX) != supervised and current:
+            text = tokenizer.decode(current)
+            parts.append(f"{mark[0]}{text}{mark[1]}" if supervised else text)
+            current = []
+        supervised = label != IGNORE_INDEX
+        current.append(token)
+    if current:
+        text = tokenizer.decode(current)
+        parts.append(f"{mark[0]}{text}{mark[1]}" if supervised else text)
+    return "".join(parts)

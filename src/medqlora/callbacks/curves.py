@@ -1,0 +1,82 @@
+"""curves.png for a run: train/val loss, lr and peak memory against optimizer steps, from its metrics.csv.
+
+Written by the `TrainingCurves` callback at the end of fit, and by `medqlora curves RUN_DIR` for any run.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
+
+PANELS = [  # (title, [(metric column, label)])
+    ("loss", [("train/loss", "train"), ("val/loss", "validation")]),
+    ("learning rate", [("lr", "lr")]),
+    ("peak memory (GiB)", [("mem/peak_alloc_gib", "CUDA allocated"), ("mem/peak_reserved_gib", "CUDA reserved"),
+                           ("mem/rss_gib", "host RSS")]),
+]
+
+
+def read_metrics(metrics_csv: Path) -> dict[str, list[tuple[int, float]]]:
+    """Column -> [(optimizer step, value)] for every non-empty cell of a Lightning CSVLogger file."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    with open(metrics_csv, newline="") as f:
+        for row in csv.DictReader(f):
+            step = int(float(row.get("step") or 0))
+            for key, value in row.items():
+                if key not in ("step", "epoch") and value not in ("", None):
+                    series.setdefault(key, []).append((step, float(value)))
+    return series
+
+
+def plot_curves(run_dir: str | Path, out: str | Path | None = None, panels: list | None = None) -> Path:
+    """Draw curves.png (or `out`) from `run_dir/metrics.csv`; returns the image path."""
+    panels = panels or PANELS
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    metrics = run_dir / "metrics.csv"
+    if not metrics.is_file():
+        raise FileNotFoundError(f"{metrics} not found: point at a run directory written by CSVLogger "
+                                "(runs/<name>/<version>/)")
+    series = read_metrics(metrics)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    for ax, (title, columns) in zip(axes[0], panels):
+        for column, label in columns:
+            if series.get(column):
+                steps, values = zip(*series[column])
+                ax.plot(steps, values, marker="." if len(steps) < 40 else None, label=label)
+        ax.set_title(title)
+        ax.set_xlabel("optimizer step")
+        if ax.lines:
+            ax.legend(fontsize=8)
+    fig.suptitle(run_dir.as_posix())
+    fig.tight_layout()
+    path = Path(out) if out else run_dir / "curves.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+class TrainingCurves(Callback):
+    """Writes curves.png into the run directory at the end of fit (needs a CSVLogger among the loggers).
+
+    Subclasses change what is drawn by setting `panels` ([(title, [(metric, label), ...]), ...]).
+    """
+
+    panels = PANELS
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Flush the loggers and draw the run's curves."""
+        if not trainer.is_global_zero or not trainer.loggers or not trainer.log_dir:
+            return
+        for logger in trainer.loggers:
+            logger.save()
+        if (Path(trainer.log_dir) / "metrics.csv").is_file():
+            rank_zero_info(f"medqlora: curves written to {plot_curves(trainer.log_dir, panels=self.panels)}")
