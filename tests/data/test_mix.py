@@ -97,3 +97,18 @@ def test_unreadable_file_names_the_source(tmp_path):
 def test_duplicate_source_names_are_refused(sources):
     with pytest.raises(ValueError, match="names must be unique"):
         build_mix([sources[0], sources[0]], seed=0, val_fraction=0.1, reasoning="thinking")
+
+
+@pytest.mark.parametrize("suffix", [".json", ".jsonl", ".csv", ".parquet"])
+def test_local_files_of_every_supported_format_load_through_datasets(tmp_path, suffix):
+    import pandas as pd
+
+    rows = _instruction_rows("local", 10)
+    path = tmp_path / f"rows{suffix}"
+    frame = pd.DataFrame(rows)
+    {".json": lambda: frame.to_json(path, orient="records"), ".jsonl": lambda: write_jsonl(path, rows),
+     ".csv": lambda: frame.to_csv(path, index=False), ".parquet": lambda: frame.to_parquet(path)}[suffix]()
+    spec = SourceSpec(name="local", format="instruction", path=str(path))
+    mix = build_mix([spec], seed=0, val_fraction=0.1, reasoning="thinking")
+    assert mix.stats["local"]["loaded"] == 10 and mix.stats["local"]["available"] == 10
+    assert sorted([*mix.train["user"], *mix.val["user"]]) == sorted(r["instruction"] for r in rows)
