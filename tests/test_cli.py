@@ -25,10 +25,13 @@ def test_every_config_parses(config, capsys):
     assert "name_or_path:" in printed and "callbacks:" in printed
 
 
-def test_tiny_fast_dev_run(tmp_path, monkeypatch):
+@pytest.mark.parametrize("subcommand", ["fit", "validate", "test", "predict"])
+def test_tiny_fast_dev_run(tmp_path, monkeypatch, subcommand):
     monkeypatch.chdir(tmp_path)
-    cli = main(["fit", "--config", str(TINY), "--trainer.fast_dev_run", "2"])
+    cli = main([subcommand, "--config", str(TINY), "--trainer.fast_dev_run", "2"])
     assert cli.trainer.state.finished
+    if subcommand == "predict":
+        assert cli.trainer.predict_loop.predictions[0]["preds"].numel() > 0
 
 
 def _run_dir() -> Path:

@@ -154,7 +154,11 @@ class MedicalMixDataModule(L.LightningDataModule):
         return self._loader(self.val_set, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
-        """The validation split (the mix has no separate test split; benchmarks live in `medqlora.eval`)."""
+        """The validation split (the mix has no separate test split)."""
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        """The validation split, for `medqlora predict` (per-token predictions on held-out rows)."""
         return self.val_dataloader()
 
     def state_dict(self) -> dict:

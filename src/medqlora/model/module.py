@@ -167,6 +167,11 @@ class QLoRAModule(L.LightningModule):
         """Same as validation, logged under val/."""
         self._shared_step(batch, "val")
 
+    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
+        """Per batch: mean loss, and the predicted vs target token at every supervised position."""
+        out = self(batch)
+        return {"loss": out.loss.detach(), "preds": out.preds, "targets": out.targets}
+
     # -- optimizer and checkpoints --------------------------------------------------------------------
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """AdamW over the adapter's weights; the lr schedule is the CosineWarmup callback's job."""
