@@ -17,3 +17,8 @@ class GradientAccumulation(GradientAccumulationScheduler):
         if accumulate < 1:
             raise ValueError(f"GradientAccumulation.accumulate={accumulate} must be >= 1 (recipe: 8)")
         super().__init__(scheduling={0: accumulate, **(schedule or {})})
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        """Also set the factor here: a run resumed mid-epoch never sees that epoch's on_train_epoch_start."""
+        super().on_train_start(trainer, pl_module)
+        trainer.accumulate_grad_batches = self.get_accumulate_grad_batches(trainer.current_epoch)

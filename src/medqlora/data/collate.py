@@ -28,10 +28,15 @@ class _EpochBatchSampler(Sampler[list[int]]):
     def __init__(self, lengths: Sequence[int], seed: int, shuffle: bool, rank: int = 0, world_size: int = 1):
         self.lengths, self.seed, self.shuffle = list(lengths), seed, shuffle
         self.rank, self.world_size, self.epoch = rank, world_size, 0
+        self._skip = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Called by Lightning at each epoch so the order changes between epochs but not between runs."""
         self.epoch = epoch
+
+    def resume(self, epoch: int, batches_done: int) -> None:
+        """The next iteration starts at batch `batches_done` of `epoch` (a resumed run: no batch twice)."""
+        self.epoch, self._skip = epoch, batches_done
 
     def plan(self) -> list[list[int]]:
         """All batches of this epoch, before sharding."""
@@ -50,7 +55,8 @@ class _EpochBatchSampler(Sampler[list[int]]):
         return batches[self.rank:usable:self.world_size]
 
     def __iter__(self) -> Iterator[list[int]]:
-        return iter(self._shard(self.plan()))
+        skip, self._skip = self._skip, 0
+        return iter(self._shard(self.plan())[skip:])
 
     def __len__(self) -> int:
         return len(self._shard(self.plan()))

@@ -6,11 +6,13 @@ tokenised splits are cached by `datasets` (keyed on sources, tokenizer, template
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
 
 import lightning as L
+import torch
 from datasets import Dataset
 from torch.utils.data import DataLoader
 
@@ -20,6 +22,26 @@ from medqlora.data.collate import Collator, LengthGroupedBatchSampler, PackedRow
 from medqlora.data.mix import EvalQuestions, SamplePolicy, build_mix
 from medqlora.data.sources import Conversation, ReasoningMode, SourceSpec
 from medqlora.model.loading import load_tokenizer
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader that Lightning saves and restores, so a resumed run continues at the next unseen batch.
+
+    `batches_done` reports how many batches of the current epoch the loop has trained on; the batch sampler's
+    plan is a pure function of seed and epoch, so that count is the whole state.
+    """
+
+    def __init__(self, *args, batches_done: Callable[[], int], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.batches_done = batches_done
+
+    def state_dict(self) -> dict:
+        """Epoch and batches trained so far in it."""
+        return {"epoch": self.batch_sampler.epoch, "batches_done": self.batches_done()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Skip what the interrupted run already trained on."""
+        self.batch_sampler.resume(state_dict["epoch"], state_dict["batches_done"])
 
 
 def sample_sources() -> list[SourceSpec]:
@@ -138,16 +160,21 @@ class MedicalMixDataModule(L.LightningDataModule):
         return LengthGroupedBatchSampler(lengths, self.micro_batch_size, self.seed, shuffle,
                                          self.group_by_length, rank, world)
 
-    def _loader(self, data: Dataset, shuffle: bool) -> DataLoader:
+    def _loader(self, data: Dataset, shuffle: bool, cls: type[DataLoader] = DataLoader, **extra) -> DataLoader:
         rows = data.select_columns(["input_ids", "labels"])
-        return DataLoader(PackedRows(rows) if self.packing else rows,
-                          batch_sampler=self.batch_sampler(data, shuffle),
-                          collate_fn=Collator(self.packing, self.tokenizer.pad_token_id, self.pack_tokens),
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        return cls(PackedRows(rows) if self.packing else rows, batch_sampler=self.batch_sampler(data, shuffle),
+                   collate_fn=Collator(self.packing, self.tokenizer.pad_token_id, self.pack_tokens),
+                   num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                   generator=torch.Generator().manual_seed(self.seed),  # leaves the global RNG alone
+                   **extra)
+
+    def _batches_done(self) -> int:
+        # processed (not completed): a checkpoint written in on_train_batch_end has trained that batch
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed if self._trainer_attached() else 0
 
     def train_dataloader(self) -> DataLoader:
-        """Training batches, reshuffled every epoch (seeded)."""
-        return self._loader(self.train_set, shuffle=True)
+        """Training batches, reshuffled every epoch (seeded), resumable mid-epoch."""
+        return self._loader(self.train_set, shuffle=True, cls=ResumableDataLoader, batches_done=self._batches_done)
 
     def val_dataloader(self) -> DataLoader:
         """Validation batches, same layout as training, fixed order."""

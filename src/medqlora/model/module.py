@@ -7,6 +7,7 @@ weights a checkpoint holds (the adapter only, never the frozen 4-bit base).
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Literal
 
@@ -61,12 +62,14 @@ class QLoRAModule(L.LightningModule):
         betas: AdamW betas.
         gradient_checkpointing: recompute decoder layers in backward (non-reentrant).
         lean: memory/speed switches (see LeanSpec).
+        seed: seed of the adapter's initialisation and of the dropout stream that follows it, so a run does not
+            depend on how much randomness data preparation happened to draw (e.g. cache hit or miss).
     """
 
     def __init__(self, name_or_path: str = "tiny", quantization: QuantSpec | None = None,
                  lora: LoraSpec | None = None, optimizer: Optimizer = "adamw_8bit", lr: float = 2e-4,
                  weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999),
-                 gradient_checkpointing: bool = True, lean: LeanSpec | None = None):
+                 gradient_checkpointing: bool = True, lean: LeanSpec | None = None, seed: int = 0):
         super().__init__()
         if lr <= 0:
             raise ValueError(f"model.lr={lr} must be > 0 (recipe: 2e-4)")
@@ -109,6 +112,7 @@ class QLoRAModule(L.LightningModule):
         if self.lean.ple_on_host:
             text_model = base.model.language_model
             text_model.embed_tokens_per_layer = HostEmbedding(text_model.embed_tokens_per_layer, self.quant.dtype)
+        torch.manual_seed(self.hparams.seed)
         self.model = apply_lora(base, self.lora)
         self.model.train()
         if device.type == "cuda":
@@ -190,5 +194,17 @@ class QLoRAModule(L.LightningModule):
         return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Keep the adapter only: the frozen 4-bit base is reloaded from `name_or_path` on resume."""
+        """Keep the adapter only (the frozen 4-bit base is reloaded from `name_or_path` on resume) and the
+        random generators, so dropout after a resume draws what it would have drawn."""
         checkpoint["state_dict"] = self.trainable_state_dict()
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "python": random.getstate(),
+                                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Restore the random generators saved with the checkpoint."""
+        states = checkpoint.get("rng_states")
+        if states:
+            torch.set_rng_state(states["torch"])
+            random.setstate(states["python"])
+            if states["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(states["cuda"])

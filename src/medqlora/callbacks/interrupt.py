@@ -1,0 +1,60 @@
+"""Checkpoint on SIGTERM / SIGINT at the next optimizer-step boundary, then stop cleanly.
+
+A checkpoint taken inside an accumulation window would lose the window's partial gradients, so the signal
+only raises a flag; the save happens once the current optimizer step has run, and the run ends with exit
+code 0. Resume with `--ckpt_path <dirpath>/interrupted.ckpt`.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class CheckpointOnInterrupt(Callback):
+    """On SIGTERM/SIGINT: finish the optimizer step, save `interrupted.ckpt`, stop.
+
+    Args:
+        dirpath: where to write it (default: the run directory's `checkpoints/`).
+    """
+
+    def __init__(self, dirpath: str | None = None):
+        self.dirpath = dirpath
+        self.received: int | None = None
+        self.saved: Path | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Take over SIGTERM and SIGINT for the duration of training (main thread only)."""
+        try:
+            self._previous = {s: signal.signal(s, self._handle) for s in SIGNALS}
+        except ValueError:  # not the main thread: leave signals to the host process
+            self._previous = {}
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        """At a step boundary after a signal: save and ask the trainer to stop."""
+        stepped = (batch_idx + 1) % trainer.accumulate_grad_batches == 0
+        if self.received is None or not stepped:
+            return
+        root = Path(self.dirpath or Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints")
+        self.saved = root / "interrupted.ckpt"
+        trainer.save_checkpoint(self.saved)
+        rank_zero_info(f"medqlora: {signal.Signals(self.received).name} received; saved {self.saved} at "
+                       f"optimizer step {trainer.global_step}; resume with --ckpt_path {self.saved}")
+        trainer.should_stop = True
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Give the signals back."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}

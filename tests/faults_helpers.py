@@ -1,0 +1,43 @@
+"""Callbacks the fault tests wire into a real `medqlora fit` subprocess from YAML."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import lightning as L
+
+
+class KillAtBatch(L.Callback):
+    """SIGKILLs the process right after micro-batch `batch` (0-based, counted over the whole run) trains."""
+
+    def __init__(self, batch: int):
+        self.batch, self.seen = batch, 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.seen == self.batch:
+            os.kill(os.getpid(), signal.SIGKILL)
+        self.seen += 1
+
+
+class BatchLog(L.Callback):
+    """Appends 'global_step batch_idx checksum' per trained micro-batch to `path` (which batches ran, in order)."""
+
+    def __init__(self, path: str = "batches.log"):
+        self.path = path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        with open(self.path, "a") as f:
+            f.write(f"{trainer.global_step} {batch_idx} {int(batch['input_ids'].sum())} {float(outputs['loss']):.6f}\n")
+
+
+class SignalAtBatch(L.Callback):
+    """Sends this process `signum` right after micro-batch `batch` trains (an operator's kill or Ctrl-C)."""
+
+    def __init__(self, batch: int, signum: int = signal.SIGTERM):
+        self.batch, self.signum, self.seen = batch, signum, 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.seen == self.batch:
+            os.kill(os.getpid(), self.signum)
+        self.seen += 1
