@@ -15,13 +15,15 @@ from safetensors.torch import load_file
 
 TINY = REPO / "configs" / "tiny.yaml"
 MAX_STEPS = 6  # accumulation 2 in tiny.yaml: 12 micro-batches, checkpoints at every optimizer step
+# rank 64 makes every LoRA matrix >= 4096 elements, so bitsandbytes keeps 8-bit (not 32-bit) Adam state for it
+EIGHT_BIT = ["--model.lora.r", "64", "--model.lora.alpha", "64"]
 
 
 def _fit(workdir: Path, *extra: str, expect_kill: bool = False) -> None:
     cmd = [sys.executable, "-m", "medqlora", "fit", "--config", str(TINY), "--trainer.max_steps", str(MAX_STEPS),
            "--trainer.val_check_interval", "1.0", "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
            "--trainer.callbacks.every_n_train_steps=1", "--trainer.callbacks.save_last=true",
-           "--trainer.callbacks.dirpath=ckpt", *extra]
+           "--trainer.callbacks.dirpath=ckpt", *EIGHT_BIT, *extra]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
     if expect_kill:

@@ -18,9 +18,13 @@ def save_adapter(pl_module: L.LightningModule, directory: Path, metrics: dict[st
     """adapter_config.json + adapter_model.safetensors + tokenizer + README, swapped in atomically."""
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    pl_module.model.save_pretrained(staging, safe_serialization=True)
-    load_tokenizer(pl_module.name_or_path).save_pretrained(staging)
-    (staging / "README.md").write_text(_readme(pl_module, metrics or {}))
+    try:
+        pl_module.model.save_pretrained(staging, safe_serialization=True)
+        load_tokenizer(pl_module.name_or_path).save_pretrained(staging)
+        (staging / "README.md").write_text(_readme(pl_module, metrics or {}))
+    except BaseException:  # a failed save (disk full, kill) never touches the previous adapter
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     old = directory.with_name(f".{directory.name}.old")
     if directory.exists():
         directory.rename(old)

@@ -6,6 +6,7 @@ Written by the `TrainingCurves` callback at the end of fit, and by `medqlora cur
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import lightning as L
@@ -59,8 +60,10 @@ def plot_curves(run_dir: str | Path, out: str | Path | None = None, panels: list
     fig.suptitle(run_dir.as_posix())
     fig.tight_layout()
     path = Path(out) if out else run_dir / "curves.png"
-    fig.savefig(path, dpi=100)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=100)  # then renamed into place: a kill never leaves half a picture
     plt.close(fig)
+    os.replace(tmp, path)
     return path
 
 

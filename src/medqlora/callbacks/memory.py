@@ -17,6 +17,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
+from medqlora.io import atomic_write_text
+
 GIB = 1024**3
 
 
@@ -111,5 +113,4 @@ class PeakMemory(Callback):
                        "optimizer {optimizer_state_gib:.3f}, grads {grads_gib:.3f}); "
                        "wall {wall_time_s:.0f} s".format(**self.summary))
         if trainer.is_global_zero and trainer.loggers and trainer.log_dir:
-            Path(trainer.log_dir).mkdir(parents=True, exist_ok=True)
-            (Path(trainer.log_dir) / "memory.json").write_text(json.dumps(self.summary, indent=2))
+            atomic_write_text(Path(trainer.log_dir) / "memory.json", json.dumps(self.summary, indent=2))

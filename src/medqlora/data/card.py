@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from medqlora.data.collate import LengthGroupedBatchSampler, PackingBatchSampler
+from medqlora.io import atomic_write_text
 
 RECIPE_TARGET = {"train": 47_189, "val": 2_483}  # the model card's split sizes
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary sibling and rename: a kill mid-write leaves the previous file intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def padding_ratio(lengths: list[int], batches: list[list[int]], packed: bool, pack_tokens: int) -> float:
