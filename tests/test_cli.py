@@ -69,6 +69,10 @@ def test_tiny_fit_writes_a_run_directory_and_resumes(tmp_path, monkeypatch):
     (["--model.lr", "-1"], "model.lr=-1"),
     (["--data.val_fraction", "0.9"], "data.val_fraction=0.9"),
     (["--model.quantization.quant_type", "int3"], "int3"),
+    (["--model.lora.rank", "8"], "rank"),  # an unknown key
+    (["--model.lr", "fast"], "fast"),  # a wrong type
+    (["--model.quantization.double_quant", "true", "--model.quantization.load_in_4bit", "false"],
+     "double_quant=true needs load_in_4bit=true"),
 ])
 def test_bad_values_fail_naming_field_and_value(args, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -76,3 +80,27 @@ def test_bad_values_fail_naming_field_and_value(args, message, capsys, tmp_path,
         main(["fit", "--config", str(TINY), "--trainer.fast_dev_run", "1", *args])
     text = capsys.readouterr().err + str(err.value)
     assert message in text
+
+
+def test_max_length_beyond_the_models_positions_fails_at_parse_time(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises((SystemExit, ValueError), match=r"data.max_length=100000 exceeds the 4096 positions"):
+        main(["fit", "--config", str(TINY), "--data.max_length", "100000"])
+    assert not Path("runs").exists()  # nothing was built or written
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("error, message", [
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), "Lower data.micro_batch_size"),
+    (OSError(28, "No space left on device", "runs/x/last.ckpt"), "disk full while writing runs/x/last.ckpt"),
+])
+def test_resource_errors_say_which_knob_to_turn(tmp_path, monkeypatch, error, message):
+    from medqlora.model.module import QLoRAModule
+
+    def fail(self, batch, batch_idx):
+        raise error
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(QLoRAModule, "training_step", fail)
+    with pytest.raises(SystemExit, match=message):
+        main(["fit", "--config", str(TINY), "--trainer.fast_dev_run", "1"])

@@ -7,13 +7,16 @@ Tests call `main([...])` in-process.
 
 from __future__ import annotations
 
+import errno
 import sys
 import time
 
+import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from medqlora.callbacks.curves import plot_curves
 from medqlora.data.datamodule import MedicalMixDataModule
+from medqlora.model.loading import check_max_length
 from medqlora.model.module import QLoRAModule
 
 
@@ -30,6 +33,7 @@ class MedQLoRACLI(LightningCLI):
         loggers = config.trainer.logger
         if not isinstance(loggers, list):
             loggers = [loggers]
+        check_max_length(config.model.name_or_path, config.data.max_length)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         for logger in loggers:
             init = getattr(logger, "init_args", None)
@@ -53,7 +57,18 @@ def main(args: list[str] | None = None) -> MedQLoRACLI | None:
     argv = sys.argv[1:] if args is None else args
     if argv and argv[0] in PROJECT_COMMANDS:
         return project_command(argv)
-    return MedQLoRACLI(QLoRAModule, MedicalMixDataModule, args=args, save_config_kwargs={"overwrite": True})
+    try:
+        return MedQLoRACLI(QLoRAModule, MedicalMixDataModule, args=args, save_config_kwargs={"overwrite": True})
+    except torch.OutOfMemoryError as err:
+        raise SystemExit(f"CUDA out of memory ({err}).\nLower data.micro_batch_size or data.max_length, keep "
+                         "data.packing: true (fixed-size micro-batches), or lower model.lean.loss_chunk_size; "
+                         "resume from the last checkpoint with --ckpt_path.") from err
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        raise SystemExit(f"disk full while writing {err.filename or 'an output'}: free space or set "
+                         "trainer.default_root_dir to a larger disk; checkpoints and adapters are written "
+                         "atomically, so the previous copies are intact.") from err
 
 
 if __name__ == "__main__":

@@ -54,6 +54,14 @@ def test_data_card_counts_and_writes(built, tmp_path):
     assert "| medqa |" in (tmp_path / "data_card.md").read_text()
 
 
+def test_rows_over_max_length_are_counted_in_the_card(tiny_dir):
+    dm = MedicalMixDataModule(max_length=100, micro_batch_size=2, seed=5)
+    dm.prepare_data()
+    removed = {name: s["removed_after_tokenising"]["train"] for name, s in dm.card.content["sources"].items()}
+    assert removed["o1"].get("too_long", 0) > 0  # o1's reasoning rows are the longest
+    assert max(dm.train_set["length"]) <= 100
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"max_length": 8}, "data.max_length=8"),
     ({"micro_batch_size": 0}, "data.micro_batch_size=0"),

@@ -33,6 +33,13 @@ class NonFiniteGuard(Callback):
             raise ValueError(f"NonFiniteGuard.policy={policy!r}: use 'skip' or 'stop'")
         self.policy, self.max_skips = policy, max_skips
         self.skipped = 0
+        self.window_rows: list[str] = []
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        """Remember which rows the current optimizer step is made of."""
+        if batch_idx % trainer.accumulate_grad_batches == 0:
+            self.window_rows = []
+        self.window_rows.extend(batch.get("row_ids", []) if isinstance(batch, dict) else [])
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
         """Check every gradient of the step about to run."""
@@ -40,7 +47,8 @@ class NonFiniteGuard(Callback):
         if not params or torch.stack([torch.isfinite(p.grad).all() for p in params]).all():
             return
         last = getattr(trainer.checkpoint_callback, "last_model_path", "") or "none saved yet"
-        where = f"optimizer step {trainer.global_step} (epoch {trainer.current_epoch})"
+        rows = ", ".join(self.window_rows[:20]) + (" ..." if len(self.window_rows) > 20 else "")
+        where = f"optimizer step {trainer.global_step} (epoch {trainer.current_epoch}; rows {rows or 'unknown'})"
         if self.policy == "stop" or self.skipped >= self.max_skips:
             raise NonFiniteError(f"non-finite loss or gradient at {where}; last good checkpoint: {last}. "
                                  "Lower model.lr, check the batch's rows, or set NonFiniteGuard.policy: skip")

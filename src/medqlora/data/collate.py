@@ -138,7 +138,12 @@ def pad_collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     for b, r in enumerate(rows):
         n = len(r["input_ids"])
         ids[b, :n], labels[b, :n], mask[b, :n] = torch.tensor(r["input_ids"]), torch.tensor(r["labels"]), 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels, **_row_ids(rows)}
+
+
+def _row_ids(rows: list[dict]) -> dict[str, list[str]]:
+    """Which source rows a batch holds (`row_ids`), when the rows carry ids: errors can then name them."""
+    return {"row_ids": [r["row_id"] for r in rows]} if rows and "row_id" in rows[0] else {}
 
 
 def _packed_row(rows: list[dict], width: int | None, pad_id: int) -> tuple[torch.Tensor, ...]:
@@ -163,7 +168,7 @@ def pack_collate(rows: list[dict], width: int | None = None, pad_id: int = 0) ->
     if width is None and len(packed) > 1:
         raise ValueError("several packed rows need a width to stack them; pass width=pack_tokens")
     ids, positions, labels = (torch.stack(parts) for parts in zip(*packed))
-    return {"input_ids": ids, "position_ids": positions, "labels": labels}
+    return {"input_ids": ids, "position_ids": positions, "labels": labels, **_row_ids(rows)}
 
 
 class Collator:

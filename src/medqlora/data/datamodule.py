@@ -161,7 +161,7 @@ class MedicalMixDataModule(L.LightningDataModule):
                                          self.group_by_length, rank, world)
 
     def _loader(self, data: Dataset, shuffle: bool, cls: type[DataLoader] = DataLoader, **extra) -> DataLoader:
-        rows = data.select_columns(["input_ids", "labels"])
+        rows = data.select_columns(["row_id", "input_ids", "labels"])
         return cls(PackedRows(rows) if self.packing else rows, batch_sampler=self.batch_sampler(data, shuffle),
                    collate_fn=Collator(self.packing, self.tokenizer.pad_token_id, self.pack_tokens),
                    num_workers=self.num_workers, persistent_workers=self.num_workers > 0,

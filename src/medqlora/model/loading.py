@@ -81,6 +81,14 @@ def load_config(name_or_path: str):
     return config
 
 
+def check_max_length(name_or_path: str, max_length: int) -> None:
+    """Refuse rows longer than the model's positions (a config error, caught before any data is built)."""
+    positions = load_config(name_or_path).get_text_config().max_position_embeddings
+    if max_length > positions:
+        raise ValueError(f"data.max_length={max_length} exceeds the {positions} positions of "
+                         f"model.name_or_path={name_or_path!r}; set data.max_length <= {positions}")
+
+
 def load_base_model(name_or_path: str, quant: QuantSpec, device: torch.device, *, text_only: bool,
                     ple_on_host: bool):
     """`AutoModelForCausalLM.from_pretrained` in 4 bit, placed for training.
