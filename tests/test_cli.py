@@ -60,6 +60,7 @@ def test_tiny_fit_writes_a_run_directory_and_resumes(tmp_path, monkeypatch):
     cli = main(["fit", "--config", str(TINY), "--trainer.max_steps", "5",
                 "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
     assert cli.trainer.global_step == 5
+    assert cli.config.fit.weights_only is True  # the checkpoint loads without unpickling arbitrary objects
 
 
 @pytest.mark.parametrize("args, message", [

@@ -21,7 +21,8 @@ from medqlora.model.module import QLoRAModule
 
 
 class MedQLoRACLI(LightningCLI):
-    """LightningCLI with the tokenizer linked to the model and one run directory per run."""
+    """LightningCLI with the tokenizer linked to the model, one run directory per run, and checkpoints
+    loaded with `weights_only=True` unless `--weights_only false` is given."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """Data and model share the model's tokenizer."""
@@ -34,6 +35,8 @@ class MedQLoRACLI(LightningCLI):
         if not isinstance(loggers, list):
             loggers = [loggers]
         check_max_length(config.model.name_or_path, config.data.max_length)
+        if config.get("weights_only") is None and "weights_only" in config:
+            config.weights_only = True  # medqlora's checkpoints hold tensors and plain containers only
         stamp = time.strftime("%Y%m%d-%H%M%S")
         for logger in loggers:
             init = getattr(logger, "init_args", None)
