@@ -83,6 +83,14 @@ def test_bad_values_fail_naming_field_and_value(args, message, capsys, tmp_path,
     assert message in text
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_asking_for_a_gpu_without_one_says_so(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"trainer.accelerator='gpu' but no CUDA GPU is visible.*accelerator cpu"):
+        main(["fit", "--config", str(REPO / "configs" / "gemma4-e2b-medical.yaml"), "--model.name_or_path", "tiny",
+              "--data.max_length", "256"])
+
+
 def test_max_length_beyond_the_models_positions_fails_at_parse_time(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises((SystemExit, ValueError), match=r"data.max_length=100000 exceeds the 4096 positions"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -53,8 +54,12 @@ def uninterrupted(tmp_path_factory) -> Path:
     return workdir
 
 
+# a step boundary, the middle of an accumulation window, and one drawn at random (after the first checkpoint)
+KILL_POINTS = [4, 7, random.Random(20261125).randrange(3, 2 * MAX_STEPS - 1)]
+
+
 @pytest.mark.faults
-@pytest.mark.parametrize("kill_batch", [4, 7], ids=["at-a-step-boundary", "mid-accumulation-window"])
+@pytest.mark.parametrize("kill_batch", KILL_POINTS, ids=["at-a-step-boundary", "mid-accumulation-window", "random"])
 def test_killed_and_resumed_run_is_bit_identical(uninterrupted, tmp_path, kill_batch):
     killer = f"--trainer.callbacks+=faults_helpers.KillAtBatch --trainer.callbacks.batch={kill_batch}"
     _fit(tmp_path, *killer.split(), expect_kill=True)

@@ -35,6 +35,11 @@ class MedQLoRACLI(LightningCLI):
         if not isinstance(loggers, list):
             loggers = [loggers]
         check_max_length(config.model.name_or_path, config.data.max_length)
+        accelerator = str(config.trainer.accelerator)
+        if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+            raise ValueError(f"trainer.accelerator={accelerator!r} but no CUDA GPU is visible (torch "
+                             f"{torch.__version__}, CUDA build: {torch.version.cuda}); use --trainer.accelerator cpu "
+                             "or install a CUDA build of torch")
         if config.get("weights_only") is None and "weights_only" in config:
             config.weights_only = True  # medqlora's checkpoints hold tensors and plain containers only
         stamp = time.strftime("%Y%m%d-%H%M%S")
