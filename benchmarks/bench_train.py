@@ -170,8 +170,9 @@ def run_medqlora(model_path: str, rows: list[dict], device: torch.device,
                 print(json.dumps(report, indent=1), flush=True)
             if args.profile and batch_idx == WARMUP_BATCHES + 2:
                 profiler.stop()
-                table = profiler.key_averages().table(sort_by="cuda_time_total", row_limit=22, max_name_column_width=60)
-                print(table, flush=True)
+                for key in ("cuda_time_total", "self_cpu_time_total"):
+                    table = profiler.key_averages().table(sort_by=key, row_limit=22, max_name_column_width=60)
+                    print(table, flush=True)
 
     lengths = [len(r["input_ids"]) for r in rows]
     packed = args.layout == "packed"
@@ -180,11 +181,16 @@ def run_medqlora(model_path: str, rows: list[dict], device: torch.device,
     loader = DataLoader(PackedRows(rows) if packed else rows, batch_sampler=sampler,
                         collate_fn=Collator(packed=packed, pad_id=0, pack_tokens=args.pack_tokens))
     memory = PeakMemory(every_n_steps=1)
+    extra = []
+    if args.trace:
+        from where_memory import MemoryTrace
+
+        extra.append(MemoryTrace())
     trainer = L.Trainer(accelerator=device.type, devices=1, precision="bf16-mixed", max_epochs=1,
                         limit_train_batches=WARMUP_BATCHES + TIMED_BATCHES, limit_val_batches=0, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[GradientAccumulation(ACCUMULATE), CosineWarmup(0.05), memory, Tick()])
-    lean = LeanSpec(ple_on_host=not args.ple_on_gpu, loss_chunk_size=args.loss_chunk)
+                        callbacks=[GradientAccumulation(ACCUMULATE), CosineWarmup(0.05), memory, Tick(), *extra])
+    lean = LeanSpec(ple_on_host=not args.ple_on_gpu, loss_chunk_size=args.loss_chunk, attention=args.attention)
     module = QLoRAModule(model_path, lr=LR, lean=lean)
     trainer.fit(module, train_dataloaders=loader)
     return clock, memory.summary
@@ -224,7 +230,7 @@ def case(args: argparse.Namespace) -> None:
         clock, memory = run_medqlora(model_path, rows, device, args)
         variant = {"layout": args.layout, "micro_batch": args.micro_batch,
                    "pack_tokens": args.pack_tokens if args.layout == "packed" else None,
-                   "ple_on_host": not args.ple_on_gpu}
+                   "ple_on_host": not args.ple_on_gpu, "loss_chunk": args.loss_chunk, "attention": args.attention}
         result = {**summarise(args.system, args.rows, clock, device), **variant, "memory_split": memory}
         if "peak_gib" in memory and device.type == "cuda":
             # PeakMemory resets the CUDA peak every interval: its running maximum is the training peak
@@ -279,6 +285,8 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--ple-on-gpu", action="store_true", help="medqlora only: PLE table on the GPU")
     c.add_argument("--profile", action="store_true", help="medqlora only: print a profiler table")
     c.add_argument("--memory-report", default=None, help="medqlora only: JSON of who holds the peak")
+    c.add_argument("--attention", default="sdpa", help="medqlora only: sdpa or eager")
+    c.add_argument("--trace", action="store_true", help="medqlora only: memory/time per step phase")
     c.add_argument("--label", default=None, help="a name for this variant in the results")
     m = sub.add_parser("merge")
     m.add_argument("cases", nargs="+")

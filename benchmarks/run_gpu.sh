@@ -2,24 +2,41 @@
 # The whole benchmark in one device call: random E2B checkpoint, then each case in its own process.
 #   bash benchmarks/run_gpu.sh            (on the GPU machine; writes $OUT/*.json and $OUT/bench.log)
 # bitsandbytes travels as a folder built by ../shared/tools/device-site.sh .gpu-site bitsandbytes==0.50.2
+# The ratio cases run one after another on GPU 0; with a second GPU, variants (VARIANTS=1) run beside them
+# on GPU 1 and are labelled so.
 set -u
 OUT=${OUT:-benchmarks/out}
 mkdir -p "$OUT"
-export PYTHONPATH="$PWD/src:$PWD/.gpu-site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export PYTHONPATH="$PWD/src:$PWD/.gpu-site:$PWD/benchmarks${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export TOKENIZERS_PARALLELISM=false BENCH_TIMED=${BENCH_TIMED:-12}
 CKPT=${CKPT:-/tmp/e2b-random}
+CASES=${CASES:-/tmp/bench-cases}  # one JSON per case; only the merged result.json goes to $OUT
+mkdir -p "$CASES"
+T=${CASE_TIMEOUT:-150}
+case_() {  # case_ GPU NAME ARGS...: one case, its JSON at $OUT/NAME.json, its log's tail in bench.log
+  local gpu=$1 name=$2; shift 2
+  echo "== $name (GPU $gpu)"
+  CUDA_VISIBLE_DEVICES=$gpu timeout "$T" python3 benchmarks/bench_train.py case --model "$CKPT" \
+    --json "$CASES/$name.json" "$@" 2>&1 | grep -v "it/s\]$" | grep -v "^trace" | tail -n 4
+}
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   [ -f "$CKPT/config.json" ] || timeout 200 python3 benchmarks/bench_train.py build --out "$CKPT"
+  if [ "${VARIANTS:-0}" = 1 ]; then
+    {
+      T=240 case_ 1 variant-16x2048-flex --system medqlora --rows real-lengths --micro-batch 16 \
+        --attention flex_attention --label "medqlora-16x2048-flex (GPU 1)"
+      CUDA_VISIBLE_DEVICES=1 BENCH_TIMED=10 timeout "$T" python3 benchmarks/bench_train.py case --model "$CKPT" \
+        --system medqlora --rows full-2x2048 --trace --json "$CASES/trace.json" > "$OUT/trace.log" 2>&1
+    } > "$OUT/variants.log" 2>&1 &
+  fi
   for rows in full-2x2048 real-lengths; do
-    for system in plain-recipe medqlora; do
-      echo "== $system $rows"
-      timeout "${CASE_TIMEOUT:-110}" python3 benchmarks/bench_train.py case --system "$system" --rows "$rows" \
-        --model "$CKPT" --json "$OUT/$system-$rows.json" 2>&1 | grep -v "it/s\]$" | tail -n 25
-    done
+    case_ 0 "plain-recipe-$rows" --system plain-recipe --rows "$rows"
+    case_ 0 "medqlora-$rows" --system medqlora --rows "$rows"
   done
-  echo "== medqlora real-lengths, 8 packed rows per micro-batch"
-  timeout "${CASE_TIMEOUT:-110}" python3 benchmarks/bench_train.py case --system medqlora --rows real-lengths \
-    --micro-batch 8 --label medqlora-8x2048 --model "$CKPT" --json "$OUT/medqlora-8x2048-real-lengths.json" 2>&1 \
-    | grep -v "it/s\]$" | tail -n 5
-  python3 benchmarks/bench_train.py merge "$OUT"/*-*.json --out "$OUT/result.json" --command "bash benchmarks/run_gpu.sh"
+  case_ 0 medqlora-16x2048-real-lengths --system medqlora --rows real-lengths --micro-batch 16 \
+    --label medqlora-16x2048
+  wait
+  python3 benchmarks/bench_train.py merge "$CASES"/plain-recipe-*.json "$CASES"/medqlora-*.json "$CASES"/variant-*.json \
+    --out "$OUT/result.json" --command "VARIANTS=${VARIANTS:-0} bash benchmarks/run_gpu.sh"
 } 2>&1 | tee "$OUT/bench.log"

@@ -83,3 +83,19 @@ def test_chunked_loss_matches_full_logits_for_any_chunk_size(chunk):
     torch.testing.assert_close(out.loss.double(), ref.loss.double(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-6)
     assert torch.equal(out.preds, ref.preds) and torch.equal(out.targets, ref.targets)
+
+
+def test_eager_attention_gives_the_sdpa_loss_on_packed_rows(tokenizer):
+    """`lean.attention` reaches transformers, and both kernels honour the packed rows' block-diagonal mask."""
+    sdpa = _perturbed(LeanSpec(), "float32")
+    eager = _perturbed(LeanSpec(attention="eager"), "float32")
+    assert eager.model.config.get_text_config()._attn_implementation == "eager"
+    assert sdpa.model.config.get_text_config()._attn_implementation == "sdpa"
+    batch = packed_batch(tokenizer)
+    torch.testing.assert_close(_loss_and_grads(eager, batch)[0], _loss_and_grads(sdpa, batch)[0], atol=1e-5,
+                               rtol=0)
+
+
+def test_attention_value_is_checked():
+    with pytest.raises(ValueError, match="model.lean.attention='flex_attention'"):
+        LeanSpec(attention="flex_attention")

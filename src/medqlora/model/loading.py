@@ -90,12 +90,13 @@ def check_max_length(name_or_path: str, max_length: int) -> None:
 
 
 def load_base_model(name_or_path: str, quant: QuantSpec, device: torch.device, *, text_only: bool,
-                    ple_on_host: bool):
+                    ple_on_host: bool, attention: str = "sdpa"):
     """`AutoModelForCausalLM.from_pretrained` in 4 bit, placed for training.
 
     text_only: build without the vision and audio towers (never used by text training); module names of
         the language model are unchanged, so a saved adapter still loads onto the full model.
     ple_on_host: load the per-layer embedding table (2.35 B params on E2B) into host memory, not the GPU.
+    attention: transformers' `attn_implementation`.
     """
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
@@ -116,6 +117,8 @@ def load_base_model(name_or_path: str, quant: QuantSpec, device: torch.device, *
         model = AutoModelForCausalLM.from_pretrained(
             resolve_name_or_path(name_or_path), config=config, quantization_config=quant.bnb_config(offload),
             dtype=quant.dtype, device_map=device_map, trust_remote_code=False, use_safetensors=True,
+            # sdpa is transformers' default where supported; naming it would fail on the audio tower
+            attn_implementation=None if attention == "sdpa" else attention,
         )
     finally:
         hf_logging.set_verbosity(verbosity)

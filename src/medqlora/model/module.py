@@ -36,6 +36,8 @@ class LeanSpec:
         text_only: do not load the vision and audio towers (text training never runs them).
         upcast_frozen: run `peft.prepare_model_for_kbit_training`, which upcasts every frozen non-4-bit
             weight to fp32 (~11 GB on E2B). Off by default; on reproduces the plain recipe.
+        attention: transformers' attention implementation, `sdpa` or `eager` (slow; for debugging); packed
+            rows get their block-diagonal mask from the position ids either way.
     """
 
     chunked_loss: bool = True
@@ -43,10 +45,14 @@ class LeanSpec:
     ple_on_host: bool = True
     text_only: bool = True
     upcast_frozen: bool = False
+    attention: Literal["sdpa", "eager"] = "sdpa"
 
     def __post_init__(self) -> None:
         if self.loss_chunk_size < 1:
             raise ValueError(f"model.lean.loss_chunk_size={self.loss_chunk_size} must be >= 1 (default 256)")
+        if self.attention not in ("sdpa", "eager"):
+            raise ValueError(f"model.lean.attention={self.attention!r}: use sdpa (default) or eager (flex_attention "
+                             "does not compile for E2B's head_dim 512 on an H100: docs/benchmarks.md)")
 
 
 class QLoRAModule(L.LightningModule):
@@ -97,7 +103,7 @@ class QLoRAModule(L.LightningModule):
             return
         device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
         base = load_base_model(self.name_or_path, self.quant, device, text_only=self.lean.text_only,
-                               ple_on_host=self.lean.ple_on_host)
+                               ple_on_host=self.lean.ple_on_host, attention=self.lean.attention)
         base.config.use_cache = False
         gc_kwargs = {"use_reentrant": False}
         if self.lean.upcast_frozen:
