@@ -129,8 +129,11 @@ def run_plain(model_path: str, rows: list[dict], device: torch.device) -> Clock:
 
 
 def run_medqlora(model_path: str, rows: list[dict], device: torch.device,
-                 args: argparse.Namespace) -> tuple[Clock, dict]:
-    """medqlora's default path through the real Lightning Trainer, on 2 packed rows of 2048 tokens."""
+                 args: argparse.Namespace) -> tuple[Clock, dict, int]:
+    """medqlora's default path through the real Lightning Trainer, on 2 packed rows of 2048 tokens.
+
+    With --devices N > 1 Lightning's launcher re-runs this script once per extra rank; each rank trains on its
+    own shard of the batches. Returns rank 0's clock and memory summary, and the world size."""
     import lightning as L
     from lightning.pytorch.callbacks import Callback
     from torch.utils.data import DataLoader
@@ -139,6 +142,7 @@ def run_medqlora(model_path: str, rows: list[dict], device: torch.device,
     from medqlora.callbacks.memory import PeakMemory
     from medqlora.callbacks.schedule import CosineWarmup
     from medqlora.data.collate import Collator, LengthGroupedBatchSampler, PackedRows, PackingBatchSampler
+    from medqlora.model.loading import QuantSpec
     from medqlora.model.module import LeanSpec, QLoRAModule
 
     clock = Clock()
@@ -176,24 +180,37 @@ def run_medqlora(model_path: str, rows: list[dict], device: torch.device,
 
     lengths = [len(r["input_ids"]) for r in rows]
     packed = args.layout == "packed"
-    sampler = (PackingBatchSampler(lengths, args.pack_tokens, seed=0, rows_per_batch=args.micro_batch) if packed
-               else LengthGroupedBatchSampler(lengths, args.micro_batch, seed=0, group_by_length=True))
-    loader = DataLoader(PackedRows(rows) if packed else rows, batch_sampler=sampler,
-                        collate_fn=Collator(packed=packed, pad_id=0, pack_tokens=args.pack_tokens))
+
+    class Rows(L.LightningDataModule):
+        def train_dataloader(self):
+            rank, world = self.trainer.global_rank, self.trainer.world_size
+            sampler = (PackingBatchSampler(lengths, args.pack_tokens, 0, True, rank, world, args.micro_batch)
+                       if packed else
+                       LengthGroupedBatchSampler(lengths, args.micro_batch, 0, True, True, rank, world))
+            return DataLoader(PackedRows(rows) if packed else rows, batch_sampler=sampler,
+                              collate_fn=Collator(packed=packed, pad_id=0, pack_tokens=args.pack_tokens))
+
     memory = PeakMemory(every_n_steps=1)
     extra = []
     if args.trace:
         from where_memory import MemoryTrace
 
         extra.append(MemoryTrace())
-    trainer = L.Trainer(accelerator=device.type, devices=1, precision="bf16-mixed", max_epochs=1,
+    quant = QuantSpec()
+    strategy = "auto" if args.strategy == "single" else args.strategy
+    if args.strategy == "fsdp":
+        from medqlora.model.distributed import QLoRAFSDPStrategy
+
+        strategy, quant = QLoRAFSDPStrategy(), QuantSpec(quant_storage="bfloat16")
+    trainer = L.Trainer(accelerator=device.type, devices=args.devices, strategy=strategy, precision="bf16-mixed",
+                        max_epochs=1, use_distributed_sampler=False,
                         limit_train_batches=WARMUP_BATCHES + TIMED_BATCHES, limit_val_batches=0, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         callbacks=[GradientAccumulation(ACCUMULATE), CosineWarmup(0.05), memory, Tick(), *extra])
     lean = LeanSpec(ple_on_host=not args.ple_on_gpu, loss_chunk_size=args.loss_chunk, attention=args.attention)
-    module = QLoRAModule(model_path, lr=LR, lean=lean)
-    trainer.fit(module, train_dataloaders=loader)
-    return clock, memory.summary
+    module = QLoRAModule(model_path, quantization=quant, lr=LR, lean=lean)
+    trainer.fit(module, datamodule=Rows())
+    return clock, memory.summary, trainer.world_size if trainer.is_global_zero else -1
 
 
 def summarise(system: str, kind: str, clock: Clock, device: torch.device) -> dict:
@@ -220,15 +237,18 @@ def case(args: argparse.Namespace) -> None:
     model_path = resolve_name_or_path(args.model)
     vocab = load_config(model_path).get_text_config().vocab_size
     scale = max(1, args.pack_tokens * args.micro_batch // (MICRO_BATCH * MAX_LEN))
-    n_rows = MICRO_BATCH * (WARMUP_BATCHES + TIMED_BATCHES) * (8 if args.rows == "real-lengths" else 1) * scale
+    n_rows = (MICRO_BATCH * (WARMUP_BATCHES + TIMED_BATCHES) * (8 if args.rows == "real-lengths" else 1) * scale
+              * args.devices)
     rows = synthetic_rows(args.rows, n_rows, vocab, seed=0)
     if args.rows == "full-2x2048" and args.model == "tiny":
         rows = [{k: v[:256] for k, v in r.items()} for r in rows]  # CPU smoke test
     if args.system == "plain-recipe":
         result = summarise(args.system, args.rows, run_plain(model_path, rows, device), device)
     else:
-        clock, memory = run_medqlora(model_path, rows, device, args)
-        variant = {"layout": args.layout, "micro_batch": args.micro_batch,
+        clock, memory, world = run_medqlora(model_path, rows, device, args)
+        if world < 0:
+            return  # not rank 0: rank 0 writes the case
+        variant = {"strategy": args.strategy, "devices": world, "layout": args.layout, "micro_batch": args.micro_batch,
                    "pack_tokens": args.pack_tokens if args.layout == "packed" else None,
                    "ple_on_host": not args.ple_on_gpu, "loss_chunk": args.loss_chunk, "attention": args.attention}
         result = {**summarise(args.system, args.rows, clock, device), **variant, "memory_split": memory}
@@ -236,6 +256,11 @@ def case(args: argparse.Namespace) -> None:
             # PeakMemory resets the CUDA peak every interval: its running maximum is the training peak
             result["peak_alloc_gib"] = memory["peak_gib"]
             result["peak_reserved_gib"] = memory["peak_reserved_gib"]
+        if world > 1:  # rank 0's throughput x ranks: every rank steps through equal-shape packed micro-batches
+            result["tokens_per_s_per_gpu"] = result["tokens_per_s"]
+            for key in ("tokens_per_s", "supervised_tokens_per_s", "rows_per_s"):
+                result[key] *= world
+            result["epoch_minutes"] /= world
     if args.label:
         result["label"] = args.label
     Path(args.json).write_text(json.dumps(result, indent=2))
@@ -261,6 +286,11 @@ def merge(args: argparse.Namespace) -> None:
                 c["speedup_supervised_tokens_per_s"] = c["supervised_tokens_per_s"] / base["supervised_tokens_per_s"]
                 if "peak_alloc_gib" in c:
                     c["memory_ratio_vs_plain"] = c["peak_alloc_gib"] / base["peak_alloc_gib"]
+    for c in cases:  # multi-GPU cases against the one-GPU case of the same rows and micro-batch
+        single = next((s for s in cases if s.get("strategy") == "single" and s["rows"] == c["rows"]
+                       and s.get("micro_batch") == c.get("micro_batch")), None)
+        if single and c.get("strategy"):
+            c["speedup_vs_1"] = c["tokens_per_s"] / single["tokens_per_s"]
     out = {"gpu": gpu, "versions": versions, "command": args.command, "cases": cases}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
@@ -286,6 +316,8 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--profile", action="store_true", help="medqlora only: print a profiler table")
     c.add_argument("--memory-report", default=None, help="medqlora only: JSON of who holds the peak")
     c.add_argument("--attention", default="sdpa", help="medqlora only: sdpa or eager")
+    c.add_argument("--strategy", choices=["single", "ddp", "fsdp"], default="single", help="medqlora only")
+    c.add_argument("--devices", type=int, default=1, help="medqlora only: GPUs (one process each)")
     c.add_argument("--trace", action="store_true", help="medqlora only: memory/time per step phase")
     c.add_argument("--label", default=None, help="a name for this variant in the results")
     m = sub.add_parser("merge")

@@ -116,6 +116,8 @@ CUSTOM_CALLBACK = [
     new_code_cell('''import torch
 from lightning.pytorch.callbacks import Callback
 
+from medqlora.callbacks.steps import optimizer_step_done
+
 
 class SampleGenerations(Callback):
     """Greedy-decode `prompt` every `every_n_steps` optimizer steps and keep (step, text)."""
@@ -126,8 +128,8 @@ class SampleGenerations(Callback):
         self.samples: list[tuple[int, str]] = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        step, stepped = trainer.global_step, (batch_idx + 1) % trainer.accumulate_grad_batches == 0
-        if not stepped or step % self.every_n_steps:
+        step = trainer.global_step
+        if not optimizer_step_done(trainer) or step % self.every_n_steps:
             return
         tokenizer = trainer.datamodule.tokenizer
         inputs = tokenizer.apply_chat_template([{"role": "user", "content": self.prompt}], add_generation_prompt=True,

@@ -8,6 +8,7 @@ Tests call `main([...])` in-process.
 from __future__ import annotations
 
 import errno
+import os
 import sys
 import time
 
@@ -25,8 +26,10 @@ class MedQLoRACLI(LightningCLI):
     loaded with `weights_only=True` unless `--weights_only false` is given."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        """Data and model share the model's tokenizer."""
+        """Data and model share the model's tokenizer; the data module shards batches by rank itself."""
         parser.link_arguments("model.name_or_path", "data.tokenizer")
+        # medqlora's batch samplers already give each rank a disjoint shard (and keep packing and resume)
+        parser.set_defaults({"trainer.use_distributed_sampler": False})
 
     def before_instantiate_classes(self) -> None:
         """Give every logger without an explicit version the same time-stamped one: one run, one directory."""
@@ -42,7 +45,10 @@ class MedQLoRACLI(LightningCLI):
                              "or install a CUDA build of torch")
         if config.get("weights_only") is None and "weights_only" in config:
             config.weights_only = True  # medqlora's checkpoints hold tensors and plain containers only
-        stamp = time.strftime("%Y%m%d-%H%M%S")
+        # ranks started by Lightning's launcher re-run this command later: they reuse rank 0's stamp
+        relaunched = os.environ.get("LOCAL_RANK", "0") != "0" and "MEDQLORA_RUN_STAMP" in os.environ
+        stamp = os.environ["MEDQLORA_RUN_STAMP"] if relaunched else time.strftime("%Y%m%d-%H%M%S")
+        os.environ["MEDQLORA_RUN_STAMP"] = stamp
         for logger in loggers:
             init = getattr(logger, "init_args", None)
             if init is not None and "version" in init and init.version is None:

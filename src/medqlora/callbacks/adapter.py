@@ -11,15 +11,20 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
+from medqlora.callbacks.steps import run_dir
 from medqlora.model.loading import load_tokenizer
 
 
-def save_adapter(pl_module: L.LightningModule, directory: Path, metrics: dict[str, float] | None = None) -> Path:
-    """adapter_config.json + adapter_model.safetensors + tokenizer + README, swapped in atomically."""
+def save_adapter(pl_module: L.LightningModule, directory: Path, metrics: dict[str, float] | None = None,
+                 weights: dict | None = None) -> Path:
+    """adapter_config.json + adapter_model.safetensors + tokenizer + README, swapped in atomically.
+
+    weights: the adapter's full weights (`QLoRAModule.adapter_weights()`); None reads them off the model,
+        which is right on one device or DDP, not under FSDP (shards)."""
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
-        pl_module.model.save_pretrained(staging, safe_serialization=True)
+        pl_module.model.save_pretrained(staging, safe_serialization=True, state_dict=weights)
         load_tokenizer(pl_module.name_or_path).save_pretrained(staging)
         (staging / "README.md").write_text(_readme(pl_module, metrics or {}))
     except BaseException:  # a failed save (disk full, kill) never touches the previous adapter
@@ -62,7 +67,7 @@ class AdapterExport(Callback):
 
     def adapter_dir(self, trainer: L.Trainer, name: str) -> Path:
         """Where `adapter` and `adapter-best` go (override to put them elsewhere)."""
-        return Path(trainer.log_dir or trainer.default_root_dir) / name
+        return run_dir(trainer) / name
 
     def _metrics(self, trainer: L.Trainer) -> dict[str, float]:
         return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
@@ -73,13 +78,15 @@ class AdapterExport(Callback):
         if not self.save_best or trainer.sanity_checking or value is None or float(value) >= self.best:
             return
         self.best = float(value)
+        weights, directory = pl_module.adapter_weights(), self.adapter_dir(trainer, "adapter-best")  # every rank
         if trainer.is_global_zero:
-            save_adapter(pl_module, self.adapter_dir(trainer, "adapter-best"), self._metrics(trainer))
+            save_adapter(pl_module, directory, self._metrics(trainer), weights)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Save the final adapter."""
+        weights, directory = pl_module.adapter_weights(), self.adapter_dir(trainer, "adapter")  # every rank
         if trainer.is_global_zero:
-            path = save_adapter(pl_module, self.adapter_dir(trainer, "adapter"), self._metrics(trainer))
+            path = save_adapter(pl_module, directory, self._metrics(trainer), weights)
             rank_zero_info(f"medqlora: adapter written to {path}")
 
     def state_dict(self) -> dict:

@@ -13,6 +13,8 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
+from medqlora.callbacks.steps import run_dir
+
 PANELS = [  # (title, [(metric column, label)])
     ("loss", [("train/loss", "train"), ("val/loss", "validation")]),
     ("learning rate", [("lr", "lr")]),
@@ -77,9 +79,12 @@ class TrainingCurves(Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Flush the loggers and draw the run's curves."""
-        if not trainer.is_global_zero or not trainer.loggers or not trainer.log_dir:
+        if not trainer.loggers:
+            return
+        directory = run_dir(trainer)  # every rank: a collective
+        if not trainer.is_global_zero:
             return
         for logger in trainer.loggers:
             logger.save()
-        if (Path(trainer.log_dir) / "metrics.csv").is_file():
-            rank_zero_info(f"medqlora: curves written to {plot_curves(trainer.log_dir, panels=self.panels)}")
+        if (directory / "metrics.csv").is_file():
+            rank_zero_info(f"medqlora: curves written to {plot_curves(directory, panels=self.panels)}")

@@ -14,6 +14,8 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
+from medqlora.callbacks.steps import optimizer_step_done, run_dir
+
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -43,10 +45,12 @@ class CheckpointOnInterrupt(Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
                            batch_idx: int) -> None:
         """At a step boundary after a signal: save and ask the trainer to stop."""
-        stepped = (batch_idx + 1) % trainer.accumulate_grad_batches == 0
-        if self.received is None or not stepped:
+        if not optimizer_step_done(trainer):
             return
-        root = Path(self.dirpath or Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints")
+        # every rank must agree (saving is a collective): stop when any rank got the signal
+        if not trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
+            return
+        root = Path(self.dirpath or run_dir(trainer) / "checkpoints")
         self.saved = root / "interrupted.ckpt"
         trainer.save_checkpoint(self.saved)
         rank_zero_info(f"medqlora: {signal.Signals(self.received).name} received; saved {self.saved} at "

@@ -10,13 +10,13 @@ import json
 import resource
 import sys
 import time
-from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
+from medqlora.callbacks.steps import optimizer_step_done, run_dir
 from medqlora.io import atomic_write_text
 
 GIB = 1024**3
@@ -80,7 +80,7 @@ class PeakMemory(Callback):
                            batch_idx: int) -> None:
         """Log the interval's peak on optimizer-step boundaries and reset it."""
         every = self.every_n_steps or trainer.log_every_n_steps
-        if not trainer.fit_loop._should_accumulate() and trainer.global_step % max(1, every) == 0:
+        if optimizer_step_done(trainer) and trainer.global_step % max(1, every) == 0:
             stats = self.measure(trainer)
             peak = stats.get("peak_alloc_gib", stats.get("peak_rss_gib", 0.0))
             self._epoch_peak = max(self._epoch_peak, peak)
@@ -112,5 +112,6 @@ class PeakMemory(Callback):
         rank_zero_info("medqlora memory: peak {peak_gib:.2f} GiB on {device} (params {params_gib:.2f}, "
                        "optimizer {optimizer_state_gib:.3f}, grads {grads_gib:.3f}); "
                        "wall {wall_time_s:.0f} s".format(**self.summary))
-        if trainer.is_global_zero and trainer.loggers and trainer.log_dir:
-            atomic_write_text(Path(trainer.log_dir) / "memory.json", json.dumps(self.summary, indent=2))
+        directory = run_dir(trainer) if trainer.loggers else None  # every rank: a collective
+        if trainer.is_global_zero and directory is not None:
+            atomic_write_text(directory / "memory.json", json.dumps(self.summary, indent=2))

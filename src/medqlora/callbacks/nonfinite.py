@@ -15,6 +15,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
+from medqlora.callbacks.steps import optimizer_step_done
+
 
 class NonFiniteError(RuntimeError):
     """Training stopped on a non-finite loss or gradient (policy `stop`)."""
@@ -37,9 +39,13 @@ class NonFiniteGuard(Callback):
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         """Remember which rows the current optimizer step is made of."""
-        if batch_idx % trainer.accumulate_grad_batches == 0:
-            self.window_rows = []
         self.window_rows.extend(batch.get("row_ids", []) if isinstance(batch, dict) else [])
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        """A finished optimizer step starts a new window of rows."""
+        if optimizer_step_done(trainer):
+            self.window_rows = []
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
         """Check every gradient of the step about to run."""

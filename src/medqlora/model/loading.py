@@ -25,12 +25,15 @@ class QuantSpec:
         quant_type: `nf4` or `fp4`.
         double_quant: also quantise the quantisation constants (~0.4 bit/param saved).
         compute_dtype: dtype of the matmuls and of every non-quantised weight.
+        quant_storage: dtype the packed 4-bit weights are stored in; FSDP needs it equal to compute_dtype
+            (one dtype per flat parameter). `uint8` otherwise.
     """
 
     load_in_4bit: bool = True
     quant_type: Literal["nf4", "fp4"] = "nf4"
     double_quant: bool = True
     compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    quant_storage: Literal["uint8", "bfloat16", "float16", "float32"] = "uint8"
 
     def __post_init__(self) -> None:
         if self.quant_type not in ("nf4", "fp4"):
@@ -38,6 +41,9 @@ class QuantSpec:
                              "'nf4' or 'fp4'")
         if self.compute_dtype not in DTYPES:
             raise ValueError(f"model.quantization.compute_dtype={self.compute_dtype!r}: use one of {list(DTYPES)}")
+        if self.quant_storage not in ("uint8", *DTYPES):
+            raise ValueError(f"model.quantization.quant_storage={self.quant_storage!r}: use uint8 or one of "
+                             f"{list(DTYPES)}")
         if self.double_quant and not self.load_in_4bit:
             raise ValueError("model.quantization.double_quant=true needs load_in_4bit=true; set double_quant: false")
 
@@ -55,6 +61,7 @@ class QuantSpec:
         return BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type=self.quant_type, bnb_4bit_use_double_quant=self.double_quant,
             bnb_4bit_compute_dtype=self.dtype, llm_int8_enable_fp32_cpu_offload=offload_to_cpu,
+            bnb_4bit_quant_storage=torch.uint8 if self.quant_storage == "uint8" else DTYPES[self.quant_storage],
         )
 
 

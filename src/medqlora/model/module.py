@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from medqlora.model.distributed import is_fsdp
 from medqlora.model.host_embedding import HostEmbedding
 from medqlora.model.loading import QuantSpec, load_base_model, load_config
 from medqlora.model.lora import LoraSpec, apply_lora, trainable_summary
@@ -101,6 +102,11 @@ class QLoRAModule(L.LightningModule):
         """Load the 4-bit base on the strategy's device and add the adapter (once)."""
         if self.model is not None:
             return
+        if self._trainer is not None and is_fsdp(self.trainer.strategy) and self.quant.load_in_4bit and \
+                self.quant.quant_storage != self.quant.compute_dtype:
+            raise ValueError(f"model.quantization.quant_storage={self.quant.quant_storage!r} cannot be sharded by "
+                             f"FSDP; set it to the compute dtype ({self.quant.compute_dtype!r}), as "
+                             "configs/fsdp.yaml does")
         device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
         base = load_base_model(self.name_or_path, self.quant, device, text_only=self.lean.text_only,
                                ple_on_host=self.lean.ple_on_host, attention=self.lean.attention)
@@ -195,14 +201,30 @@ class QLoRAModule(L.LightningModule):
         cls = bnb.optim.PagedAdamW8bit if self.optimizer_name == "paged_adamw_8bit" else bnb.optim.AdamW8bit
         return cls(params, **kwargs)
 
+    def trainable_names(self) -> set[str]:
+        """State-dict names of the adapter's weights (FSDP's wrapper prefixes removed)."""
+        return {name.replace("_fsdp_wrapped_module.", "") for name, p in self.named_parameters() if p.requires_grad}
+
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """The adapter's weights under this module's parameter names."""
+        """The adapter's weights under this module's parameter names (this rank's shards under FSDP)."""
         return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
+
+    def adapter_weights(self) -> dict[str, torch.Tensor]:
+        """The adapter's full weights under PEFT's names, for `save_pretrained(state_dict=...)`.
+
+        Under FSDP this gathers the shards (a collective: call it on every rank; rank 0 gets the weights)."""
+        if self._trainer is None:
+            full = self.state_dict()
+        else:
+            full = self.trainer.strategy.lightning_module_state_dict()
+        names = self.trainable_names()
+        return {k.removeprefix("model."): v for k, v in full.items() if k in names}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Keep the adapter only (the frozen 4-bit base is reloaded from `name_or_path` on resume) and the
         random generators, so dropout after a resume draws what it would have drawn."""
-        checkpoint["state_dict"] = self.trainable_state_dict()
+        names = self.trainable_names()  # the strategy already gathered the state dict (full under FSDP)
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in names}
         checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "python": random.getstate(),
                                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 

@@ -1,0 +1,62 @@
+"""DDP through Lightning's own launcher: a 2-process CPU (gloo) run of the tiny model equals a 1-process run
+with twice the accumulation on the same data.
+
+Why they must agree: rank r trains on batches r, r+2, r+4, ... of the epoch's batch plan, so with accumulation
+k an optimizer step of the 2-rank run averages the same 2k micro-batch losses as a step of the 1-rank run with
+accumulation 2k. Dropout is off (its masks are drawn per micro-batch). Tolerance: 1e-4 relative on each
+adapter tensor (the sums run in a different order; fp32 compute keeps bf16 rounding out of it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO
+from safetensors.torch import load_file
+
+TINY = REPO / "configs" / "tiny.yaml"
+STEPS = 3
+
+
+def _overlay(path: Path, accumulate: int) -> Path:
+    """Callbacks for a short, deterministic run: accumulation, the lr schedule and the adapter export."""
+    callbacks = [{"class_path": "medqlora.callbacks.accumulation.GradientAccumulation",
+                  "init_args": {"accumulate": accumulate}},
+                 {"class_path": "medqlora.callbacks.schedule.CosineWarmup", "init_args": {"warmup_ratio": 0.3}},
+                 {"class_path": "medqlora.callbacks.adapter.AdapterExport", "init_args": {"save_best": False}}]
+    path.write_text(json.dumps({"trainer": {"callbacks": callbacks}}))  # JSON is YAML
+    return path
+
+
+def _fit(workdir: Path, devices: int, accumulate: int) -> dict[str, torch.Tensor]:
+    workdir.mkdir()
+    cmd = [sys.executable, "-m", "medqlora", "fit", "--config", str(TINY),
+           "--config", str(_overlay(workdir / "overlay.yaml", accumulate)),
+           "--trainer.devices", str(devices), "--trainer.max_steps", str(STEPS), "--trainer.limit_val_batches", "0",
+           "--trainer.enable_checkpointing", "false", "--model.lora.dropout", "0.0",
+           "--model.quantization.compute_dtype", "float32", "--trainer.precision", "32-true"]
+    if devices > 1:
+        cmd += ["--trainer.strategy", "ddp"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    adapters = sorted((workdir / "runs" / "tiny").glob("*/adapter/adapter_model.safetensors"))
+    assert len(adapters) == 1, "one run, one adapter, written once (rank 0)"
+    return load_file(adapters[0])
+
+
+@pytest.mark.faults
+def test_two_rank_ddp_equals_one_rank_with_twice_the_accumulation(tmp_path):
+    ddp = _fit(tmp_path / "ddp", devices=2, accumulate=1)
+    single = _fit(tmp_path / "single", devices=1, accumulate=2)
+    assert ddp.keys() == single.keys() and any("lora_B" in k for k in ddp)
+    moved = [k for k in ddp if "lora_B" in k and ddp[k].abs().max() > 0]
+    assert moved, "the adapter trained"
+    for name in ddp:
+        torch.testing.assert_close(ddp[name], single[name], rtol=1e-4, atol=1e-6, msg=name)
