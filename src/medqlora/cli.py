@@ -1,7 +1,7 @@
 """The `medqlora` command: LightningCLI over QLoRAModule and MedicalMixDataModule.
 
 `medqlora fit|validate|test|predict --config configs/X.yaml`; `--print_config` shows every value.
-`medqlora curves RUN_DIR` redraws a run's curves.png.
+`medqlora eval|generate|merge|card|curves ...`: medqlora's own commands (medqlora/commands.py).
 Tests call `main([...])` in-process.
 """
 
@@ -15,7 +15,8 @@ import time
 import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from medqlora.callbacks.curves import plot_curves
+from medqlora.commands import COMMANDS
+from medqlora.commands import run as run_command
 from medqlora.data.datamodule import MedicalMixDataModule
 from medqlora.model.loading import check_max_length
 from medqlora.model.module import QLoRAModule
@@ -55,22 +56,11 @@ class MedQLoRACLI(LightningCLI):
                 init.version = stamp
 
 
-PROJECT_COMMANDS = {"curves": "medqlora curves RUN_DIR [OUT.png]: redraw a run's curves.png from its metrics.csv"}
-
-
-def project_command(args: list[str]) -> None:
-    """Subcommands that are not Lightning's (fit/validate/test/predict)."""
-    if args[0] == "curves":
-        if len(args) not in (2, 3):
-            raise SystemExit(f"usage: {PROJECT_COMMANDS['curves']}")
-        print(plot_curves(*args[1:]))
-
-
 def main(args: list[str] | None = None) -> MedQLoRACLI | None:
     """Entry point of the `medqlora` console script and of `python -m medqlora`."""
     argv = sys.argv[1:] if args is None else args
-    if argv and argv[0] in PROJECT_COMMANDS:
-        return project_command(argv)
+    if argv and argv[0] in COMMANDS:
+        return run_command(argv)
     try:
         return MedQLoRACLI(QLoRAModule, MedicalMixDataModule, args=args, save_config_kwargs={"overwrite": True})
     except torch.OutOfMemoryError as err:

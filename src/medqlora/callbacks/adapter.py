@@ -12,12 +12,14 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
 from medqlora.callbacks.steps import run_dir
+from medqlora.eval.card import render
 from medqlora.model.loading import load_tokenizer
 
 
-def save_adapter(pl_module: L.LightningModule, directory: Path, metrics: dict[str, float] | None = None,
-                 weights: dict | None = None) -> Path:
-    """adapter_config.json + adapter_model.safetensors + tokenizer + README, swapped in atomically.
+def save_adapter(pl_module: L.LightningModule, directory: Path, weights: dict | None = None) -> Path:
+    """adapter_config.json + adapter_model.safetensors + tokenizer + model card, swapped in atomically.
+
+    The model card (README.md) is rendered from the run directory, `directory`'s parent (`eval/card.py`).
 
     weights: the adapter's full weights (`QLoRAModule.adapter_weights()`); None reads them off the model,
         which is right on one device or DDP, not under FSDP (shards)."""
@@ -26,7 +28,7 @@ def save_adapter(pl_module: L.LightningModule, directory: Path, metrics: dict[st
     try:
         pl_module.model.save_pretrained(staging, safe_serialization=True, state_dict=weights)
         load_tokenizer(pl_module.name_or_path).save_pretrained(staging)
-        (staging / "README.md").write_text(_readme(pl_module, metrics or {}))
+        (staging / "README.md").write_text(render(directory.parent, staging))
     except BaseException:  # a failed save (disk full, kill) never touches the previous adapter
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -36,21 +38,6 @@ def save_adapter(pl_module: L.LightningModule, directory: Path, metrics: dict[st
     staging.rename(directory)
     shutil.rmtree(old, ignore_errors=True)
     return directory
-
-
-def _readme(pl_module: L.LightningModule, metrics: dict[str, float]) -> str:
-    lora = pl_module.lora
-    base = pl_module.model.peft_config["default"].base_model_name_or_path
-    lines = [f"# medqlora adapter for {pl_module.name_or_path}", "",
-             f"LoRA r={lora.r}, alpha={lora.alpha}, dropout={lora.dropout} on {', '.join(lora.targets)} "
-             "of every language-model layer; 4-bit "
-             f"{pl_module.quant.quant_type} base. Written by medqlora.", ""]
-    lines += [f"- {k}: {v:.4f}" for k, v in sorted(metrics.items())]
-    lines += ["", "```python", "from peft import PeftModel",
-              "from transformers import AutoModelForCausalLM", "",
-              f"base = AutoModelForCausalLM.from_pretrained({base!r})",
-              "model = PeftModel.from_pretrained(base, ADAPTER_DIR)", "```", ""]
-    return "\n".join(lines)
 
 
 class AdapterExport(Callback):
@@ -69,9 +56,6 @@ class AdapterExport(Callback):
         """Where `adapter` and `adapter-best` go (override to put them elsewhere)."""
         return run_dir(trainer) / name
 
-    def _metrics(self, trainer: L.Trainer) -> dict[str, float]:
-        return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Save adapter-best when the monitored value improves (not during the sanity check)."""
         value = trainer.callback_metrics.get(self.monitor)
@@ -80,13 +64,15 @@ class AdapterExport(Callback):
         self.best = float(value)
         weights, directory = pl_module.adapter_weights(), self.adapter_dir(trainer, "adapter-best")  # every rank
         if trainer.is_global_zero:
-            save_adapter(pl_module, directory, self._metrics(trainer), weights)
+            save_adapter(pl_module, directory, weights)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Save the final adapter."""
         weights, directory = pl_module.adapter_weights(), self.adapter_dir(trainer, "adapter")  # every rank
         if trainer.is_global_zero:
-            path = save_adapter(pl_module, directory, self._metrics(trainer), weights)
+            for logger in trainer.loggers:
+                logger.save()  # the card reads metrics.csv
+            path = save_adapter(pl_module, directory, weights)
             rank_zero_info(f"medqlora: adapter written to {path}")
 
     def state_dict(self) -> dict:

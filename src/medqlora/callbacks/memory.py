@@ -7,6 +7,7 @@ At the end of fit: a one-line summary and `memory.json` in the run directory (th
 from __future__ import annotations
 
 import json
+import platform
 import resource
 import sys
 import time
@@ -105,7 +106,9 @@ class PeakMemory(Callback):
         split = self.split(trainer, pl_module)
         on_cuda = self._device(trainer).type == "cuda"
         reserved = max(self.summary.get("peak_reserved_gib", 0.0), stats.get("peak_reserved_gib", 0.0))
-        self.summary = {"device": str(self._device(trainer)), "peak_gib": peak, "peak_reserved_gib": reserved,
+        name = torch.cuda.get_device_name(self._device(trainer)) if on_cuda else (platform.processor() or "CPU")
+        self.summary = {"device": str(self._device(trainer)), "device_name": name, "peak_gib": peak,
+                        "peak_reserved_gib": reserved,
                         **split,
                         "activations_peak_gib": max(0.0, peak - sum(split.values())) if on_cuda else None,
                         "wall_time_s": time.perf_counter() - self._start}

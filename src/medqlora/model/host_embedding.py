@@ -63,3 +63,10 @@ class HostEmbedding(nn.Module):
         else:
             rows = self.gather(input_ids).to(input_ids.device, non_blocking=True)
         return rows * torch.tensor(self.scale, dtype=rows.dtype, device=rows.device)
+
+
+def move_ple_to_host(model: nn.Module, dtype: torch.dtype) -> HostEmbedding:
+    """Swap a loaded Gemma 4's per-layer embedding for a `HostEmbedding` (training and evaluation alike)."""
+    text_model = model.model.language_model
+    text_model.embed_tokens_per_layer = HostEmbedding(text_model.embed_tokens_per_layer, dtype)
+    return text_model.embed_tokens_per_layer

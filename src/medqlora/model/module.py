@@ -18,7 +18,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from medqlora.model.distributed import is_fsdp
-from medqlora.model.host_embedding import HostEmbedding
+from medqlora.model.host_embedding import HostEmbedding, move_ple_to_host
 from medqlora.model.loading import QuantSpec, load_base_model, load_config
 from medqlora.model.lora import LoraSpec, apply_lora, trainable_summary
 from medqlora.model.loss import LossOutput, chunked_lm_loss, full_logits_loss
@@ -122,8 +122,7 @@ class QLoRAModule(L.LightningModule):
             enable(gc_kwargs)
             base.enable_input_require_grads()
         if self.lean.ple_on_host:
-            text_model = base.model.language_model
-            text_model.embed_tokens_per_layer = HostEmbedding(text_model.embed_tokens_per_layer, self.quant.dtype)
+            move_ple_to_host(base, self.quant.dtype)
         torch.manual_seed(self.hparams.seed)
         self.model = apply_lora(base, self.lora)
         self.model.train()

@@ -1,0 +1,120 @@
+"""The adapter's model card (README.md), written from what the run measured: nothing in it is typed by hand.
+
+Reads the run directory: `config.yaml` (the resolved config LightningCLI saved), `data_card.json`, `memory.json`
+(peak VRAM, wall time, device), `metrics.csv` (eval loss and accuracy) and, once `medqlora eval` has run,
+`eval-<adapter>/eval.json` (benchmarks and key points, base vs adapter).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import yaml
+
+from medqlora.io import atomic_write_text
+
+LIMITATIONS = """## Intended use and limitations
+
+For research on medical question answering and clinical reasoning with small models: benchmarking, studying
+what fine-tuning on medical instruction data changes, and as a starting point for further supervised work.
+It is not a medical device and must not be used for diagnosis, treatment or triage, nor to give advice to
+patients. Its answers can be fluent and wrong; the benchmarks above measure multiple-choice recognition and
+key-point coverage, not clinical safety. The training mix is English, drawn from exam questions (MedQA),
+synthetic reasoning traces (medical-o1-reasoning-SFT) and instruction data (AlpaCare), so it inherits their
+biases, their coverage gaps and their licences (AlpaCare is CC BY-NC 4.0: no commercial use). The key-point
+score counts whether expected terms appear, not whether the answer is correct or safe."""
+
+
+def _read(path: Path, loader):
+    return loader(path.read_text()) if path.is_file() else None
+
+
+def _final_metrics(path: Path) -> dict[str, float]:
+    """The last logged value of each val/ and train/ metric in metrics.csv."""
+    last: dict[str, float] = {}
+    if path.is_file():
+        for row in csv.DictReader(path.open()):
+            for key, value in row.items():
+                if value and key.startswith(("val/", "train/")):
+                    last[key] = float(value)
+    return last
+
+
+def _callback_args(config: dict, name: str) -> dict:
+    for callback in config.get("trainer", {}).get("callbacks") or []:
+        if isinstance(callback, dict) and callback.get("class_path", "").endswith(name):
+            return callback.get("init_args") or {}
+    return {}
+
+
+def render(run_dir: Path, adapter_dir: Path) -> str:
+    """The card's Markdown."""
+    config = _read(run_dir / "config.yaml", yaml.safe_load) or {}
+    data = _read(run_dir / "data_card.json", json.loads) or {}
+    memory = _read(run_dir / "memory.json", json.loads) or {}
+    results = _read(run_dir / f"eval-{adapter_dir.name}" / "eval.json", json.loads)
+    metrics = _final_metrics(run_dir / "metrics.csv")
+    adapter_config = _read(adapter_dir / "adapter_config.json", json.loads) or {}
+    model, data_cfg, trainer = config.get("model", {}), config.get("data", {}), config.get("trainer", {})
+    lora, quant = model.get("lora", {}), model.get("quantization", {})
+    base = adapter_config.get("base_model_name_or_path", model.get("name_or_path"))
+    out = [f"# {model.get('name_or_path')} + medqlora LoRA adapter", "",
+           f"A LoRA adapter for `{model.get('name_or_path')}`, trained by medqlora on a medical mix.", "",
+           "## Base model and adapter", "",
+           f"- base: `{model.get('name_or_path')}`, {quant.get('quant_type')} 4-bit "
+           f"(double quant {quant.get('double_quant')}, compute {quant.get('compute_dtype')})",
+           f"- LoRA: r={lora.get('r')}, alpha={lora.get('alpha')}, dropout={lora.get('dropout')} on "
+           f"{', '.join(lora.get('targets', []))} of every language-model layer", ""]
+    out += ["## Data", "", "| source | location | licence | train rows | val rows |", "|---|---|---|---|---|"]
+    for name, source in (data.get("sources") or {}).items():
+        out.append(f"| {name} | {source.get('location')} | {source.get('license')} | {source.get('train_rows')} "
+                   f"| {source.get('val')} |")
+    totals = data.get("totals", {})
+    out += ["", f"Total: {totals.get('train')} training and {totals.get('val')} validation rows, max length "
+            f"{data.get('max_length')}, reasoning `{data.get('reasoning')}`, {data.get('layout')} batches.", ""]
+    accumulate = _callback_args(config, "GradientAccumulation").get("accumulate")
+    warmup = _callback_args(config, "CosineWarmup").get("warmup_ratio")
+    out += ["## Training", "", "| hyperparameter | value |", "|---|---|",
+            f"| optimizer | {model.get('optimizer')} |", f"| learning rate | {model.get('lr')} |",
+            f"| schedule | cosine, warmup ratio {warmup} |",
+            f"| micro-batch x accumulation | {data_cfg.get('micro_batch_size')} x {accumulate} "
+            f"(packing {data_cfg.get('packing')}) |",
+            f"| epochs / max steps | {trainer.get('max_epochs')} / {trainer.get('max_steps')} |",
+            f"| precision | {trainer.get('precision')} |", f"| seed | {config.get('seed_everything')} |", "",
+            f"Hardware: {memory.get('device_name', memory.get('device'))}; peak memory "
+            f"{memory.get('peak_gib', float('nan')):.2f} GiB; wall time {memory.get('wall_time_s', 0) / 3600:.2f} h.",
+            ""]
+    if "val/loss" in metrics:
+        out += [f"Validation: eval loss {metrics['val/loss']:.4f}, next-token accuracy on assistant tokens "
+                f"{100 * metrics.get('val/acc', float('nan')):.2f}%.", ""]
+    if results:
+        out += ["## Benchmarks (base vs adapter, same harness and load)", "",
+                "| benchmark | items | base % | adapter % | delta pp | 95% CI pp |", "|---|---|---|---|---|---|"]
+        for b in results["benchmarks"]:
+            low, high = b["delta_ci95_pp"]
+            where = ", ".join(str(x) for x in (b["source"], b["split"]) if x)
+            rows = f"first {b['items']}" if b.get("limit") else b["items"]
+            out.append(f"| {b['benchmark']} ({where}) | {rows} | {b['base_accuracy']:.1f} "
+                       f"| {b['adapter_accuracy']:.1f} | {b['delta_pp']:+.1f} | [{low:+.1f}, {high:+.1f}] |")
+        out += ["", "Scored by the log-likelihood of each option after the chat prompt (thinking off).", ""]
+        kp = results.get("keypoints")
+        if kp:
+            out += ["## Clinical key points (hit rate %)", "", "| discipline | base | adapter |", "|---|---|---|"]
+            for name, value in kp["adapter"]["disciplines"].items():
+                out.append(f"| {name} | {kp['base']['disciplines'][name]:.1f} | {value:.1f} |")
+            out += [f"| **average** | {kp['base']['average']:.1f} | {kp['adapter']['average']:.1f} |", ""]
+    out += [LIMITATIONS, "", "## Use", "", "```python", "from peft import PeftModel",
+            "from transformers import AutoModelForCausalLM", "",
+            f"base = AutoModelForCausalLM.from_pretrained({base!r})",
+            "model = PeftModel.from_pretrained(base, ADAPTER_DIR)", "```", ""]
+    return "\n".join(out)
+
+
+def write_model_card(run_dir: str | Path, adapter_dir: str | Path | None = None) -> Path:
+    """Write `<adapter>/README.md` from the run's files (adapter_dir defaults to `<run_dir>/adapter`)."""
+    run, adapter = Path(run_dir), Path(adapter_dir) if adapter_dir else Path(run_dir) / "adapter"
+    path = adapter / "README.md"
+    atomic_write_text(path, render(run, adapter))
+    return path

@@ -1,0 +1,36 @@
+"""Batched greedy generation with the Gemma 4 chat template (thinking on or off)."""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from medqlora.data.chat import END_OF_TURN, THOUGHT_CLOSE
+from medqlora.eval.scoring import prompt_ids
+
+
+def strip_thoughts(text: str) -> str:
+    """The answer without a thought channel (what a reader of the answer sees)."""
+    return text.rsplit(THOUGHT_CLOSE, 1)[-1].strip()
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[str], *, thinking: bool = False, max_new_tokens: int = 512,
+             batch_size: int = 8, desc: str = "generating") -> list[str]:
+    """Greedy answers to user `prompts`, one per prompt, special tokens and thought channel removed."""
+    device = next(p for p in model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    answers = []
+    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch"):
+        seqs = [prompt_ids(tokenizer, p, thinking) for p in prompts[start:start + batch_size]]
+        width = max(map(len, seqs))
+        ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=device)
+        mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device)
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=pad)
+        for row in out[:, width:]:
+            text = tokenizer.decode(row, skip_special_tokens=False).split(END_OF_TURN)[0]
+            for stop in {tokenizer.eos_token, tokenizer.pad_token} - {None}:
+                text = text.split(stop)[0]
+            answers.append(strip_thoughts(text))
+    return answers

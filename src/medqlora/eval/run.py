@@ -1,0 +1,84 @@
+"""`medqlora eval | generate | merge`: load the base once with the adapter on top, then measure, answer or merge."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from medqlora.eval import keypoints, scoring
+from medqlora.eval.items import DEFAULT_BENCHMARKS, BenchmarkSpec, load_items
+from medqlora.io import atomic_write_text
+from medqlora.model.host_embedding import move_ple_to_host
+from medqlora.model.loading import QuantSpec, load_base_model, load_tokenizer, resolve_name_or_path
+
+
+def adapter_base(adapter_dir: str | Path) -> str:
+    """The base model an adapter was trained on, from its adapter_config.json."""
+    config = Path(adapter_dir) / "adapter_config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"{adapter_dir}: no adapter_config.json; pass the adapter directory a run wrote "
+                                "(runs/<name>/<version>/adapter)")
+    return json.loads(config.read_text())["base_model_name_or_path"]
+
+
+def load_adapted(adapter_dir: str | Path, base: str | None = None, device: str | None = None):
+    """(PeftModel in eval mode, tokenizer): the 4-bit base, lean as in training, with the adapter loaded."""
+    from peft import PeftModel
+
+    name = base or adapter_base(adapter_dir)
+    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    quant = QuantSpec()
+    model = load_base_model(name, quant, target, text_only=True, ple_on_host=target.type == "cuda")
+    if target.type == "cuda":
+        move_ple_to_host(model, quant.dtype)
+    model = PeftModel.from_pretrained(model, str(adapter_dir)).eval()
+    return model, load_tokenizer(name)
+
+
+def run_eval(adapter_dir: str | Path, out_dir: str | Path, benchmarks: list[BenchmarkSpec] | None = None,
+             with_keypoints: bool = True, batch_size: int = 8, max_new_tokens: int = 512, base: str | None = None,
+             model_and_tokenizer=None) -> dict:
+    """Score every benchmark and the key-point prompts, base vs adapter; write eval.json + eval_items.jsonl."""
+    model, tokenizer = model_and_tokenizer or load_adapted(adapter_dir, base)
+    results: dict = {"adapter": str(adapter_dir), "benchmarks": [], "keypoints": None}
+    records: list[dict] = []
+    for spec in benchmarks if benchmarks is not None else DEFAULT_BENCHMARKS:
+        summary, items = scoring.compare(model, tokenizer, load_items(spec), spec.name, batch_size)
+        results["benchmarks"].append({**summary, "source": spec.hub_id or spec.path,
+                                      "split": spec.split if spec.hub_id else None, "limit": spec.limit})
+        records += items
+    if with_keypoints:
+        results["keypoints"], items = keypoints.compare(model, tokenizer, keypoints.load_prompts(),
+                                                        max_new_tokens=max_new_tokens, batch_size=batch_size)
+        records += items
+    out = Path(out_dir)
+    atomic_write_text(out / "eval_items.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    atomic_write_text(out / "eval.json", json.dumps(results, indent=2))
+    return results
+
+
+def merge(adapter_dir: str | Path, out_dir: str | Path, base: str | None = None) -> Path:
+    """bf16 weights with the adapter merged in, as safetensors that `AutoModelForCausalLM` loads without PEFT."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    name = base or adapter_base(adapter_dir)
+    model = AutoModelForCausalLM.from_pretrained(resolve_name_or_path(name), dtype=torch.bfloat16)
+    merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:  # written whole or not at all
+        merged.save_pretrained(staging, safe_serialization=True)
+        load_tokenizer(name).save_pretrained(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    return out

@@ -1,0 +1,116 @@
+"""The harness tells a better model from a worse one, merge keeps the adapter's function, and the model card
+carries the numbers a run produced.
+
+A tiny Gemma 4 trains 30 steps on a synthetic multiple-choice task whose right letter follows a topic word
+(fixtures.py); scored in the same harness as MedQA, it must beat its own base by 40 points (measured here:
+base ~20%, adapter ~95% on 40 held-out items).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from conftest import REPO
+from fixtures import medqa_rows, pubmedqa_rows
+from helpers import write_jsonl
+from torch.utils.data import DataLoader
+
+from medqlora.callbacks.adapter import save_adapter
+from medqlora.cli import main
+from medqlora.data.chat import encode
+from medqlora.data.collate import pad_collate
+from medqlora.data.sources import Conversation
+from medqlora.eval.items import BenchmarkSpec, load_items
+from medqlora.eval.run import adapter_base, merge, run_eval
+from medqlora.model.lora import LoraSpec
+from medqlora.model.module import QLoRAModule
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tokenizer) -> tuple[Path, BenchmarkSpec]:
+    """An adapter trained on the synthetic task, saved as a run would, and the held-out benchmark spec."""
+    tmp = tmp_path_factory.mktemp("gain")
+    train = load_items(BenchmarkSpec("train", "medqa", path=str(write_jsonl(tmp / "train.jsonl", medqa_rows(128, 1)))))
+    rows = []
+    for item in train:
+        encoded = encode(Conversation(user=item.user, answer=item.choices[item.gold]), tokenizer, 256)
+        rows.append({"input_ids": encoded.input_ids, "labels": encoded.labels})
+    torch.manual_seed(0)
+    module = QLoRAModule("tiny", lora=LoraSpec(dropout=0.0), lr=5e-3, gradient_checkpointing=False)
+    loader = DataLoader(rows, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(0),
+                        collate_fn=lambda batch: pad_collate(batch, tokenizer.pad_token_id))
+    L.Trainer(accelerator="cpu", max_steps=30, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False).fit(module, loader)
+    adapter = save_adapter(module, tmp / "run" / "adapter")
+    held_out = BenchmarkSpec("synthetic", "medqa", path=str(write_jsonl(tmp / "test.jsonl", medqa_rows(40, 2))))
+    return adapter, held_out
+
+
+def test_trained_adapter_beats_its_base_in_the_harness(trained, tmp_path):
+    adapter, held_out = trained
+    results = run_eval(adapter, tmp_path, [held_out], with_keypoints=False, batch_size=16)
+    summary = results["benchmarks"][0]
+    assert summary["items"] == 40
+    assert summary["adapter_accuracy"] >= summary["base_accuracy"] + 40, summary
+    assert summary["delta_ci95_pp"][0] > 0, "the interval excludes no gain"
+    items = [json.loads(line) for line in (tmp_path / "eval_items.jsonl").read_text().splitlines()]
+    assert len(items) == 40 and {"gold", "base_pred", "adapter_pred"} <= set(items[0])
+
+
+def test_merged_weights_give_the_unmerged_logits_without_peft(trained, tmp_path, tokenizer):
+    """Tolerance: both sides run in bf16, and merging rounds W + BA to bf16 once: logits agree to 0.1 (single
+    elements; ~1e-2 typical), and the whole difference is under 5% of what the adapter changes."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    adapter, _ = trained
+    merged_dir = merge(adapter, tmp_path / "merged")
+    assert not (merged_dir / "adapter_config.json").exists() and list(merged_dir.glob("*.safetensors"))
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.bfloat16).eval()
+    base = AutoModelForCausalLM.from_pretrained(adapter_base(adapter), dtype=torch.bfloat16)
+    unmerged = PeftModel.from_pretrained(base, str(adapter)).eval()
+    ids = torch.tensor([tokenizer("A cardiac case. Which option?")["input_ids"]])
+    with torch.no_grad():
+        expected, got = unmerged(input_ids=ids).logits.float(), merged(input_ids=ids).logits.float()
+        with unmerged.disable_adapter():
+            plain = unmerged(input_ids=ids).logits.float()
+    torch.testing.assert_close(got, expected, atol=1e-1, rtol=0)
+    # the merge error is small against what the adapter changes (bf16 rounding, not a lost adapter)
+    assert (got - expected).norm() < 0.05 * (expected - plain).norm()
+
+
+def test_model_card_holds_the_numbers_the_run_produced(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--config", str(REPO / "configs" / "tiny.yaml"), "--trainer.max_steps", "2",
+          "--trainer.val_check_interval", "1"])
+    run = next(Path("runs/tiny").iterdir())
+    medqa = write_jsonl(tmp_path / "medqa.jsonl", medqa_rows(6))
+    pubmedqa = write_jsonl(tmp_path / "pubmedqa.jsonl", pubmedqa_rows(6))
+    main(["eval", str(run / "adapter"), "--medqa", str(medqa), "--pubmedqa", str(pubmedqa), "--limit", "5",
+          "--max-new-tokens", "4"])
+    card = (run / "adapter" / "README.md").read_text()
+    results = json.loads((run / "eval-adapter" / "eval.json").read_text())
+    memory = json.loads((run / "memory.json").read_text())
+    data = json.loads((run / "data_card.json").read_text())
+    for bench in results["benchmarks"]:
+        assert f"| {bench['base_accuracy']:.1f} | {bench['adapter_accuracy']:.1f} | {bench['delta_pp']:+.1f} |" in card
+    assert f"| **average** | {results['keypoints']['base']['average']:.1f} |" in card
+    assert f"peak memory {memory['peak_gib']:.2f} GiB" in card
+    for name, source in data["sources"].items():
+        assert f"| {name} | {source['location']} | {source['license']} | {source['train_rows']} |" in card
+    assert "5e-3" in card or "0.005" in card  # the learning rate from the resolved config
+    assert "Intended use and limitations" in card and "PeftModel.from_pretrained" in card
+
+
+def test_generate_command_prints_one_answer_per_prompt(trained, tmp_path, capsys):
+    adapter, _ = trained
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("A cardiac case. Which option?\n\nA renal case. Which option?\n")
+    main(["generate", str(adapter), "--prompts-file", str(prompts), "--max-new-tokens", "3"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [line["prompt"] for line in lines] == ["A cardiac case. Which option?", "A renal case. Which option?"]
+    assert all(isinstance(line["answer"], str) and "<turn|>" not in line["answer"] for line in lines)

@@ -1,0 +1,71 @@
+"""Benchmark items, scoring by log-likelihood on a case whose answer is known, and the bootstrap interval."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+from fixtures import medqa_rows, pubmedqa_rows
+from helpers import write_jsonl
+
+from medqlora.eval.items import BenchmarkSpec, Item, load_items
+from medqlora.eval.scoring import bootstrap_delta_pp, compare
+
+
+def test_items_read_the_benchmarks_columns(tmp_path):
+    medqa = load_items(BenchmarkSpec("medqa", "medqa", path=str(write_jsonl(tmp_path / "m.jsonl", medqa_rows(6)))))
+    row = medqa_rows(6)[0]
+    assert len(medqa) == 6 and medqa[0].choices == ("A", "B", "C", "D")
+    assert medqa[0].choices[medqa[0].gold] == row["answer_idx"]
+    assert row["options"]["A"] in medqa[0].user and row["question"] in medqa[0].user
+    pub = load_items(BenchmarkSpec("pubmedqa", "pubmedqa", path=str(write_jsonl(tmp_path / "p.jsonl",
+                                                                                  pubmedqa_rows(5))), limit=3))
+    assert len(pub) == 3 and pub[0].choices == ("yes", "no", "maybe")
+    assert "Outcomes improved." in pub[0].user and pub[0].id == "pubmedqa-1000"
+
+
+def test_a_row_missing_a_column_names_benchmark_row_and_column(tmp_path):
+    rows = medqa_rows(2)
+    del rows[1]["answer_idx"]
+    spec = BenchmarkSpec("medqa", "medqa", path=str(write_jsonl(tmp_path / "m.jsonl", rows)))
+    with pytest.raises(ValueError, match=r"'medqa' row 1: column 'answer_idx' is missing"):
+        load_items(spec)
+
+
+class _Favouring(torch.nn.Module):
+    """A model whose next-token distribution always prefers one token id: with the adapter 'B', without 'A'."""
+
+    def __init__(self, tokenizer):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.vocab = len(tokenizer)
+        self.ids = {c: tokenizer(c, add_special_tokens=False)["input_ids"][0] for c in "AB"}
+        self.favour = "B"
+
+    @contextlib.contextmanager
+    def disable_adapter(self):
+        self.favour = "A"
+        yield
+        self.favour = "B"
+
+    def forward(self, input_ids, logits_to_keep, **kwargs):
+        logits = torch.zeros(input_ids.shape[0], logits_to_keep, self.vocab)
+        logits[..., self.ids[self.favour]] = 10.0
+        return type("Out", (), {"logits": logits})
+
+
+def test_scoring_picks_the_choice_the_model_prefers_and_counts_it_against_gold(tokenizer):
+    items = [Item(f"q{i}", f"question {i}", ("A", "B", "C", "D"), gold=1) for i in range(5)]
+    summary, records = compare(_Favouring(tokenizer), tokenizer, items, "handmade", batch_size=2)
+    assert [r["adapter_pred"] for r in records] == ["B"] * 5 and [r["base_pred"] for r in records] == ["A"] * 5
+    assert summary["base_accuracy"] == 0 and summary["adapter_accuracy"] == 100 and summary["delta_pp"] == 100
+    assert summary["delta_ci95_pp"] == [100, 100]
+
+
+def test_bootstrap_interval_brackets_the_observed_delta_and_shrinks_with_more_items():
+    small = bootstrap_delta_pp([False] * 10 + [True] * 10, [True] * 15 + [False] * 5)
+    large = bootstrap_delta_pp([False] * 100 + [True] * 100, [True] * 150 + [False] * 50)
+    assert small[0] < 25 < small[1] and large[0] < 25 < large[1]
+    assert large[1] - large[0] < small[1] - small[0]
+    assert bootstrap_delta_pp([True, False], [True, False]) == (0.0, 0.0)
