@@ -32,12 +32,13 @@ class BatchLog(L.Callback):
 
 
 class SignalAtBatch(L.Callback):
-    """Sends this process `signum` right after micro-batch `batch` trains (an operator's kill or Ctrl-C)."""
+    """Sends this process `signum` right after micro-batch `batch` trains (an operator's kill or Ctrl-C);
+    with `rank`, only that rank's process gets it."""
 
-    def __init__(self, batch: int, signum: int = signal.SIGTERM):
-        self.batch, self.signum, self.seen = batch, signum, 0
+    def __init__(self, batch: int, signum: int = signal.SIGTERM, rank: int | None = None):
+        self.batch, self.signum, self.seen, self.rank = batch, signum, 0, rank
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if self.seen == self.batch:
+        if self.seen == self.batch and self.rank in (None, trainer.global_rank):
             os.kill(os.getpid(), self.signum)
         self.seen += 1

@@ -53,7 +53,8 @@ class CheckpointOnInterrupt(Callback):
         root = Path(self.dirpath or run_dir(trainer) / "checkpoints")
         self.saved = root / "interrupted.ckpt"
         trainer.save_checkpoint(self.saved)
-        rank_zero_info(f"medqlora: {signal.Signals(self.received).name} received; saved {self.saved} at "
+        name = signal.Signals(self.received).name if self.received is not None else "a signal (on another rank)"
+        rank_zero_info(f"medqlora: {name} received; saved {self.saved} at "
                        f"optimizer step {trainer.global_step}; resume with --ckpt_path {self.saved}")
         trainer.should_stop = True
 
