@@ -1,19 +1,13 @@
 #!/usr/bin/env bash
 # The whole benchmark in one device call: random E2B checkpoint, then each case in its own process.
 #   bash benchmarks/run_gpu.sh            (on the GPU machine; writes $OUT/*.json and $OUT/bench.log)
-# bitsandbytes travels as a folder built by ../shared/tools/device-site.sh .gpu-site bitsandbytes==0.50.2
 # The ratio cases run one after another on GPU 0; with a second GPU, variants (VARIANTS=1) run beside them
 # on GPU 1 and are labelled so.
 set -u
-OUT=${OUT:-benchmarks/out}
-mkdir -p "$OUT"
-export PYTHONPATH="$PWD/src:$PWD/.gpu-site:$PWD/benchmarks${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-export TOKENIZERS_PARALLELISM=false BENCH_TIMED=${BENCH_TIMED:-12}
-CKPT=${CKPT:-/tmp/e2b-random}
-CASES=${CASES:-/tmp/bench-cases}  # one JSON per case; only the merged result.json goes to $OUT
-mkdir -p "$CASES"
+source "$(dirname "$0")/gpu_env.sh"
+export BENCH_TIMED=${BENCH_TIMED:-12}
 T=${CASE_TIMEOUT:-150}
-case_() {  # case_ GPU NAME ARGS...: one case, its JSON at $OUT/NAME.json, its log's tail in bench.log
+case_() {  # case_ GPU NAME ARGS...: one case, its JSON at $CASES/NAME.json, its log's tail in bench.log
   local gpu=$1 name=$2; shift 2
   echo "== $name (GPU $gpu)"
   CUDA_VISIBLE_DEVICES=$gpu timeout "$T" python3 benchmarks/bench_train.py case --model "$CKPT" \
@@ -21,7 +15,7 @@ case_() {  # case_ GPU NAME ARGS...: one case, its JSON at $OUT/NAME.json, its l
 }
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-  [ -f "$CKPT/config.json" ] || timeout 200 python3 benchmarks/bench_train.py build --out "$CKPT"
+  build_checkpoint
   if [ "${VARIANTS:-0}" = 1 ]; then
     {
       T=240 case_ 1 variant-16x2048-flex --system medqlora --rows real-lengths --micro-batch 16 \

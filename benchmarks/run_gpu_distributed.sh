@@ -4,13 +4,8 @@
 # Each case is medqlora's default path (2 packed rows of 2048 per micro-batch, accumulation 8) on real-length
 # rows; 24 timed micro-batches take in three optimizer steps, so gradient all-reduces are in the timing.
 set -u
-OUT=${OUT:-benchmarks/out}
-mkdir -p "$OUT"
-export PYTHONPATH="$PWD/src:$PWD/.gpu-site:$PWD/benchmarks${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-export TOKENIZERS_PARALLELISM=false BENCH_TIMED=${BENCH_TIMED:-24}
-CKPT=${CKPT:-/tmp/e2b-random}
-CASES=${CASES:-/tmp/bench-cases}
-mkdir -p "$CASES"
+source "$(dirname "$0")/gpu_env.sh"
+export BENCH_TIMED=${BENCH_TIMED:-24}
 case_() {  # case_ NAME ARGS...
   local name=$1; shift
   echo "== $name"
@@ -19,7 +14,7 @@ case_() {  # case_ NAME ARGS...
 }
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-  [ -f "$CKPT/config.json" ] || timeout 200 python3 benchmarks/bench_train.py build --out "$CKPT"
+  build_checkpoint
   case_ single-1 --strategy single --devices 1 --label "1 GPU"
   case_ ddp-2 --strategy ddp --devices 2 --label "DDP, 2 GPUs"
   case_ fsdp-2 --strategy fsdp --devices 2 --label "FSDP, 2 GPUs"

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import shutil
-import tempfile
 from pathlib import Path
 
 import lightning as L
@@ -13,6 +11,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from medqlora.callbacks.steps import run_dir
 from medqlora.eval.card import render
+from medqlora.io import atomic_directory
 from medqlora.model.loading import load_tokenizer
 
 
@@ -23,20 +22,10 @@ def save_adapter(pl_module: L.LightningModule, directory: Path, weights: dict | 
 
     weights: the adapter's full weights (`QLoRAModule.adapter_weights()`); None reads them off the model,
         which is right on one device or DDP, not under FSDP (shards)."""
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with atomic_directory(directory) as staging:  # a failed save never touches the previous adapter
         pl_module.model.save_pretrained(staging, safe_serialization=True, state_dict=weights)
         load_tokenizer(pl_module.name_or_path).save_pretrained(staging)
         (staging / "README.md").write_text(render(directory.parent, staging))
-    except BaseException:  # a failed save (disk full, kill) never touches the previous adapter
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    old = directory.with_name(f".{directory.name}.old")
-    if directory.exists():
-        directory.rename(old)
-    staging.rename(directory)
-    shutil.rmtree(old, ignore_errors=True)
     return directory
 
 

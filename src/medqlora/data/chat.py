@@ -34,12 +34,16 @@ def messages_of(conv: Conversation) -> list[dict[str, str]]:
     return [*system, {"role": "user", "content": conv.user}]
 
 
+def generation_prompt(messages: list[dict[str, str]], tokenizer, thinking: bool) -> str:
+    """The template's prompt for the model's next turn (with Gemma 4's empty thought channel when thinking is
+    off): what training puts before every target and what evaluation and generation send."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                         enable_thinking=thinking)
+
+
 def render_prompt(conv: Conversation, tokenizer) -> str:
-    """The exact inference prompt: the template's generation prompt, thinking on iff the row reasons."""
-    return tokenizer.apply_chat_template(
-        messages_of(conv), tokenize=False, add_generation_prompt=True,
-        enable_thinking=conv.reasoning is not None,
-    )
+    """The exact inference prompt of a row: thinking on iff the row reasons."""
+    return generation_prompt(messages_of(conv), tokenizer, thinking=conv.reasoning is not None)
 
 
 def render_target(conv: Conversation) -> str:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from medqlora.eval import keypoints, scoring
 from medqlora.eval.items import DEFAULT_BENCHMARKS, BenchmarkSpec, load_items
-from medqlora.io import atomic_write_text
+from medqlora.io import atomic_directory, atomic_write_text
 from medqlora.model.host_embedding import move_ple_to_host
 from medqlora.model.loading import QuantSpec, load_base_model, load_tokenizer, resolve_name_or_path
 
@@ -69,16 +67,7 @@ def merge(adapter_dir: str | Path, out_dir: str | Path, base: str | None = None)
     name = base or adapter_base(adapter_dir)
     model = AutoModelForCausalLM.from_pretrained(resolve_name_or_path(name), dtype=torch.bfloat16)
     merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:  # written whole or not at all
+    with atomic_directory(Path(out_dir)) as staging:
         merged.save_pretrained(staging, safe_serialization=True)
         load_tokenizer(name).save_pretrained(staging)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
-    return out
+    return Path(out_dir)

@@ -13,13 +13,13 @@ from collections.abc import Iterator
 import torch
 from tqdm.auto import tqdm
 
+from medqlora.data.chat import generation_prompt
 from medqlora.eval.items import Item
 
 
 def prompt_ids(tokenizer, user: str, thinking: bool = False) -> list[int]:
     """Token ids of the chat prompt that asks `user` and opens the model's turn."""
-    text = tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
-                                         add_generation_prompt=True, enable_thinking=thinking)
+    text = generation_prompt([{"role": "user", "content": user}], tokenizer, thinking)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 

@@ -212,12 +212,12 @@ class QLoRAModule(L.LightningModule):
         """The adapter's full weights under PEFT's names, for `save_pretrained(state_dict=...)`.
 
         Under FSDP this gathers the shards (a collective: call it on every rank; rank 0 gets the weights)."""
-        if self._trainer is None:
-            full = self.state_dict()
+        if self._trainer is None or not is_fsdp(self.trainer.strategy):  # local weights are whole
+            full = self.trainable_state_dict()
         else:
-            full = self.trainer.strategy.lightning_module_state_dict()
-        names = self.trainable_names()
-        return {k.removeprefix("model."): v for k, v in full.items() if k in names}
+            names = self.trainable_names()
+            full = {k: v for k, v in self.trainer.strategy.lightning_module_state_dict().items() if k in names}
+        return {k.removeprefix("model."): v for k, v in full.items()}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Keep the adapter only (the frozen 4-bit base is reloaded from `name_or_path` on resume) and the
