@@ -113,3 +113,19 @@ def test_resource_errors_say_which_knob_to_turn(tmp_path, monkeypatch, error, me
     monkeypatch.setattr(QLoRAModule, "training_step", fail)
     with pytest.raises(SystemExit, match=message):
         main(["fit", "--config", str(TINY), "--trainer.fast_dev_run", "1"])
+
+
+def test_each_validation_logs_eval_loss_and_accuracy_and_the_best_checkpoint_follows_eval_loss(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--config", str(TINY), "--trainer.max_steps", "4", "--trainer.val_check_interval", "2"])
+    run = _run_dir()
+    rows = [r for r in csv.DictReader(open(run / "metrics.csv")) if r["val/loss"]]
+    assert len(rows) >= 3 and all(r["val/acc"] for r in rows), "loss and accuracy at every validation"
+    assert all(0.0 <= float(r["val/acc"]) <= 1.0 for r in rows)
+    lowest = min(float(r["val/loss"]) for r in rows)
+    best = list((run / "checkpoints").glob("best-*.ckpt"))
+    assert len(best) == 1
+    states = torch.load(best[0], weights_only=False)["callbacks"]
+    score = next(v["best_model_score"] for k, v in states.items() if k.startswith("ModelCheckpoint"))
+    assert float(score) == pytest.approx(lowest)
+    assert (run / "adapter-best" / "adapter_model.safetensors").is_file()
