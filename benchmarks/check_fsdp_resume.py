@@ -1,13 +1,17 @@
 """FSDP-QLoRA checkpoint and resume on 2 GPUs, with the tiny model (needs no datasets; one device call).
 
-    python benchmarks/check_fsdp_resume.py OUT.json
+    torchrun --nproc_per_node 2 benchmarks/check_fsdp_resume.py OUT.json [OPTIMIZER [no-ckpt]]
 
 A run stopped after 2 of 4 optimizer steps and resumed from its checkpoint on the same 2 GPUs must end with
-the adapter of a run that went straight to 4 (constant lr, so the shorter run is a prefix of the longer).
-Lightning's launcher re-runs this script for rank 1; both ranks make the same three fits.
+the adapter of a run that went straight to 4 (constant lr, so the shorter run is a prefix of the longer). GPU
+kernels are not bitwise reproducible and Adam turns any tiny gradient difference into a +-lr step, so the report
+also gives the floor: a second uninterrupted FSDP run, and the same 4 steps under DDP (deterministic algorithms
+are on where torch has them). OPTIMIZER: adamw_8bit (default, the recipe's) or adamw; no-ckpt turns the model's
+gradient checkpointing off.
 """
 
 import json
+import os
 import random
 import sys
 import tempfile
@@ -16,9 +20,8 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from torch.utils.data import DataLoader
 
-from medqlora.data.collate import LengthGroupedBatchSampler, pad_collate
+from medqlora.data.collate import LengthGroupedBatchSampler, ResumableDataLoader, pad_collate
 from medqlora.model.distributed import QLoRAFSDPStrategy
 from medqlora.model.loading import QuantSpec
 from medqlora.model.lora import LoraSpec
@@ -40,31 +43,57 @@ class Rows(L.LightningDataModule):
     def train_dataloader(self):
         sampler = LengthGroupedBatchSampler([len(r["input_ids"]) for r in ROWS], 4, 0, True, False,
                                             self.trainer.global_rank, self.trainer.world_size)
-        return DataLoader(ROWS, batch_sampler=sampler, collate_fn=lambda b: pad_collate(b, 0))
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress  # resume at the next unseen batch
+        return ResumableDataLoader(ROWS, batch_sampler=sampler, collate_fn=lambda b: pad_collate(b, 0),
+                                   batches_done=lambda: progress.current.processed)
 
 
-def fit(max_steps: int, workdir: str, ckpt_path: str | None = None) -> dict:
+def fit(max_steps: int, workdir: str, ckpt_path: str | None = None, ddp: bool = False) -> dict:
     torch.manual_seed(0)
     module = QLoRAModule("tiny", quantization=QuantSpec(quant_storage="bfloat16"), lora=LoraSpec(dropout=0.0),
-                         optimizer=sys.argv[2] if len(sys.argv) > 2 else "adamw", lr=1e-3)
-    trainer = L.Trainer(accelerator="gpu", devices=2, strategy=QLoRAFSDPStrategy(), precision="bf16-mixed",
+                         optimizer=sys.argv[2] if len(sys.argv) > 2 else "adamw_8bit", lr=1e-3,
+                         gradient_checkpointing="no-ckpt" not in sys.argv[3:])
+    on_cpu = os.environ.get("DIAG_ACCELERATOR") == "cpu"  # a gloo DDP smoke test of the script itself
+    trainer = L.Trainer(accelerator="cpu" if on_cpu else "gpu", devices=2,
+                        strategy="ddp" if on_cpu or ddp else QLoRAFSDPStrategy(), precision="bf16-mixed",
+                        deterministic="warn",
                         max_steps=max_steps, logger=False, enable_progress_bar=False, use_distributed_sampler=False,
                         callbacks=[ModelCheckpoint(dirpath=workdir, save_last=True, every_n_train_steps=1),
                                    keep := Keep()],
                         default_root_dir=workdir)
-    trainer.fit(module, datamodule=Rows(), ckpt_path=ckpt_path)
+    trainer.fit(module, datamodule=Rows(), ckpt_path=ckpt_path, weights_only=False)
     return keep.weights
 
 
-root = Path(tempfile.gettempdir()) / "fsdp-resume"
-whole = fit(4, str(root / "whole"))
-fit(2, str(root / "parts"))
-resumed = fit(4, str(root / "parts"), ckpt_path=str(root / "parts" / "last.ckpt"))
-if torch.distributed.get_rank() == 0:
-    diff = max((whole[k] - resumed[k]).abs().max().item() for k in whole)
-    moved = max((whole[k]).abs().max().item() for k in whole if "lora_B" in k)
-    report = {"tensors": len(whole), "same_names": whole.keys() == resumed.keys(), "max_abs_diff": diff,
-              "largest_lora_B": moved, "checkpoint_keys": sorted(torch.load(root / "parts" / "last.ckpt",
-                                                                            weights_only=False)["state_dict"])[:3]}
-    Path(sys.argv[1]).write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
+def main() -> None:
+    # Lightning 2.6 drops fit's weights_only when the strategy restores after setup (FSDP), so torch's default
+    # (True) applies: allow the module's hyperparameter dataclasses (the CLI stores plain containers instead)
+    torch.serialization.add_safe_globals([QuantSpec, LoraSpec])
+    run = os.environ.get("TORCHELASTIC_RUN_ID", "run")  # one folder per launch, the same on every rank
+    root = Path(tempfile.gettempdir()) / "-".join(["fsdp-resume", run, *sys.argv[2:]])
+    whole = fit(4, str(root / "whole"))
+    again = fit(4, str(root / "again"))
+    ddp = fit(4, str(root / "ddp"), ddp=True)
+    fit(2, str(root / "parts"))
+    resumed = fit(4, str(root / "parts"), ckpt_path=str(root / "parts" / "last.ckpt"))
+    if torch.distributed.get_rank() == 0:
+        saved = torch.load(root / "parts" / "last.ckpt", weights_only=False)
+
+        def diff(other: dict) -> dict:  # B starts at zero, so |B| is how far training moved it
+            delta = torch.cat([(whole[k] - other[k]).flatten() for k in whole])
+            b_delta = torch.cat([(whole[k] - other[k]).flatten() for k in whole if "lora_B" in k])
+            b_moved = torch.cat([whole[k].flatten() for k in whole if "lora_B" in k])
+            return {"max_abs": delta.abs().max().item(), "lora_B_rel_norm": (b_delta.norm() / b_moved.norm()).item()}
+
+        report = {"tensors": len(whole), "same_names": whole.keys() == resumed.keys() == ddp.keys(),
+                  "resumed_vs_whole": diff(resumed), "fsdp_rerun_vs_whole": diff(again), "ddp_vs_whole": diff(ddp),
+                  "largest_lora_B": max(whole[k].abs().max().item() for k in whole if "lora_B" in k),
+                  "checkpoint_keys": sorted(saved["state_dict"])[:3],
+                  "checkpoint_tensors": len(saved["state_dict"]),
+                  "optimizer_ranks": len(saved["optimizer_states"][0].get("fsdp_rank_states", []))}
+        Path(sys.argv[1]).write_text(json.dumps(report, indent=2))
+        print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

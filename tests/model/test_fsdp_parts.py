@@ -1,12 +1,15 @@
-"""FSDP-QLoRA's pieces that run without a GPU: the wrap policy and the quant_storage check.
-(PyTorch's FSDP itself needs an accelerator; its run is in benchmarks/results/*-distributed.json.)"""
+"""FSDP-QLoRA's pieces that run without a GPU: wrap policy, settings checks, precision policy, resume guard.
+(PyTorch's FSDP itself needs an accelerator: training, checkpoint and resume on 2 GPUs are checked by
+benchmarks/check_fsdp_resume.py, results in benchmarks/results/2026-11-25-h200x2-fsdp-nan-and-resume.json.)"""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
 import pytest
+import torch
 from helpers import make_module
+from lightning.pytorch.plugins.precision import FSDPPrecision
 
 from medqlora.model.distributed import QLoRAFSDPStrategy, decoder_layer_classes, qlora_wrap_policy
 from medqlora.model.loading import QuantSpec
@@ -33,3 +36,31 @@ def test_fsdp_refuses_4bit_weights_not_stored_in_the_compute_dtype():
 def test_quant_storage_value_is_checked():
     with pytest.raises(ValueError, match="model.quantization.quant_storage='int4'"):
         QuantSpec(quant_storage="int4")
+
+
+@pytest.mark.parametrize("key, value", [("state_dict_type", "sharded"), ("sharding_strategy", "SHARD_GRAD_OP"),
+                                        ("sharding_strategy", "NO_SHARD")])
+def test_fsdp_strategy_refuses_settings_qlora_cannot_run(key, value):
+    with pytest.raises(ValueError, match=f"trainer.strategy.init_args.{key}='{value}'"):
+        QLoRAFSDPStrategy(**{key: value})
+
+
+def test_fsdp_keeps_buffers_in_their_dtype_and_reduces_lora_gradients_in_fp32():
+    strategy = QLoRAFSDPStrategy()
+    strategy.precision_plugin = FSDPPrecision("bf16-mixed")
+    config = strategy.mixed_precision_config
+    assert config.param_dtype == torch.bfloat16  # compute in bf16 as on one device
+    assert config.buffer_dtype is None and config.reduce_dtype == torch.float32
+    assert strategy.lightning_restore_optimizer  # so Lightning hands the checkpoint to load_optimizer_state_dict
+
+
+def test_fsdp_checkpoint_resumes_only_on_as_many_ranks_as_wrote_it():
+    strategy = QLoRAFSDPStrategy()  # world size 1 here
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))])
+    strategy.optimizers = [optimizer]
+    saved = optimizer.state_dict()
+    with pytest.raises(ValueError, match="holds 2 ranks but the run has 1"):
+        strategy.load_optimizer_state_dict({"optimizer_states": [{"fsdp_rank_states": [saved, saved]}]})
+    with pytest.raises(ValueError, match="holds no per-rank state"):
+        strategy.load_optimizer_state_dict({"optimizer_states": [saved]})
+    strategy.load_optimizer_state_dict({"optimizer_states": [{"fsdp_rank_states": [saved]}]})

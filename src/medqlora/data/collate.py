@@ -12,10 +12,10 @@ Written by hand because neither Lightning nor datasets packs with per-sample pos
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from medqlora.data.chat import IGNORE_INDEX
 
@@ -181,3 +181,23 @@ class Collator:
         if self.packed:
             return pack_collate(rows, self.pack_tokens, self.pad_id)
         return pad_collate(rows, self.pad_id)
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader that Lightning saves and restores, so a resumed run continues at the next unseen batch.
+
+    `batches_done` reports how many batches of the current epoch the loop has trained on; the batch sampler's
+    plan is a pure function of seed and epoch, so that count is the whole state.
+    """
+
+    def __init__(self, *args, batches_done: Callable[[], int], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.batches_done = batches_done
+
+    def state_dict(self) -> dict:
+        """Epoch and batches trained so far in it."""
+        return {"epoch": self.batch_sampler.epoch, "batches_done": self.batches_done()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Skip what the interrupted run already trained on."""
+        self.batch_sampler.resume(state_dict["epoch"], state_dict["batches_done"])

@@ -6,7 +6,6 @@ tokenised splits are cached by `datasets` (keyed on sources, tokenizer, template
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
@@ -18,30 +17,16 @@ from torch.utils.data import DataLoader
 
 from medqlora.data.card import DataCard
 from medqlora.data.chat import Truncation, encode
-from medqlora.data.collate import Collator, LengthGroupedBatchSampler, PackedRows, PackingBatchSampler
+from medqlora.data.collate import (
+    Collator,
+    LengthGroupedBatchSampler,
+    PackedRows,
+    PackingBatchSampler,
+    ResumableDataLoader,
+)
 from medqlora.data.mix import EvalQuestions, SamplePolicy, build_mix
 from medqlora.data.sources import Conversation, ReasoningMode, SourceSpec
 from medqlora.model.loading import load_tokenizer
-
-
-class ResumableDataLoader(DataLoader):
-    """A DataLoader that Lightning saves and restores, so a resumed run continues at the next unseen batch.
-
-    `batches_done` reports how many batches of the current epoch the loop has trained on; the batch sampler's
-    plan is a pure function of seed and epoch, so that count is the whole state.
-    """
-
-    def __init__(self, *args, batches_done: Callable[[], int], **kwargs):
-        super().__init__(*args, **kwargs)
-        self.batches_done = batches_done
-
-    def state_dict(self) -> dict:
-        """Epoch and batches trained so far in it."""
-        return {"epoch": self.batch_sampler.epoch, "batches_done": self.batches_done()}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        """Skip what the interrupted run already trained on."""
-        self.batch_sampler.resume(state_dict["epoch"], state_dict["batches_done"])
 
 
 def sample_sources() -> list[SourceSpec]:

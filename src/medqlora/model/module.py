@@ -17,7 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from medqlora.model.distributed import is_fsdp
+from medqlora.model.distributed import clean_name, is_fsdp
 from medqlora.model.host_embedding import HostEmbedding, move_ple_to_host
 from medqlora.model.loading import QuantSpec, load_base_model, load_config
 from medqlora.model.lora import LoraSpec, apply_lora, trainable_summary
@@ -54,6 +54,20 @@ class LeanSpec:
         if self.attention not in ("sdpa", "eager"):
             raise ValueError(f"model.lean.attention={self.attention!r}: use sdpa (default) or eager (flex_attention "
                              "does not compile for E2B's head_dim 512 on an H100: docs/benchmarks.md)")
+
+
+def drop_right_padding_mask(batch: dict) -> dict:
+    """The batch without its attention mask when every row is right-padded (a mask like 1 1 1 0 0).
+
+    Causal attention already keeps real tokens off padding that follows them, and their loss, outputs and gradients
+    are the same without the mask. With it, a pad token further than the sliding window (512 on E2B) past its row's
+    end has nothing left to attend to, and CUDA's SDPA kernels turn such rows into NaN gradients (docs/distributed.md).
+    Left-padded masks are kept: there the mask is what hides the padding.
+    """
+    mask = batch.get("attention_mask")
+    if mask is None or not bool((mask[:, 1:] <= mask[:, :-1]).all()):
+        return batch
+    return {k: v for k, v in batch.items() if k != "attention_mask"}
 
 
 class QLoRAModule(L.LightningModule):
@@ -124,7 +138,8 @@ class QLoRAModule(L.LightningModule):
         if self.lean.ple_on_host:
             move_ple_to_host(base, self.quant.dtype)
         torch.manual_seed(self.hparams.seed)
-        self.model = apply_lora(base, self.lora)
+        with torch.device("cpu"):  # one init per seed on any device and strategy (CUDA draws another stream)
+            self.model = apply_lora(base, self.lora)  # PEFT moves each adapter to its base layer's device
         self.model.train()
         if device.type == "cuda":
             torch.cuda.empty_cache()  # hand back what loading reserved, so reserved memory reflects training
@@ -137,7 +152,9 @@ class QLoRAModule(L.LightningModule):
         return module if isinstance(module, HostEmbedding) else None
 
     def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        """Gather the batch's PLE rows on the host so they travel to the GPU with the batch."""
+        """On the host, before the batch moves: drop a right-padding mask (`drop_right_padding_mask`) and gather
+        the batch's PLE rows so they travel to the GPU with the batch."""
+        batch = drop_right_padding_mask(batch)
         if self.model is not None and self.host_embedding is not None:
             batch["ple_rows"] = self.host_embedding.gather(batch["input_ids"])
         return batch
@@ -202,7 +219,7 @@ class QLoRAModule(L.LightningModule):
 
     def trainable_names(self) -> set[str]:
         """State-dict names of the adapter's weights (FSDP's wrapper prefixes removed)."""
-        return {name.replace("_fsdp_wrapped_module.", "") for name, p in self.named_parameters() if p.requires_grad}
+        return {clean_name(name) for name, p in self.named_parameters() if p.requires_grad}
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """The adapter's weights under this module's parameter names (this rank's shards under FSDP)."""
@@ -214,7 +231,7 @@ class QLoRAModule(L.LightningModule):
         Under FSDP this gathers the shards (a collective: call it on every rank; rank 0 gets the weights)."""
         if self._trainer is None or not is_fsdp(self.trainer.strategy):  # local weights are whole
             full = self.trainable_state_dict()
-        else:
+        else:  # QLoRAFSDPStrategy gathers the adapter only; a plain FSDPStrategy, everything
             names = self.trainable_names()
             full = {k: v for k, v in self.trainer.strategy.lightning_module_state_dict().items() if k in names}
         return {k.removeprefix("model."): v for k, v in full.items()}
