@@ -63,3 +63,12 @@ def test_bad_callback_values_name_the_field():
         CosineWarmup(warmup_ratio=1.0)
     with pytest.raises(ValueError, match="accumulate=0"):
         GradientAccumulation(accumulate=0)
+
+
+def test_validation_inside_an_accumulation_window_is_refused(tmp_path):
+    trainer = L.Trainer(accelerator="cpu", max_steps=2, callbacks=[GradientAccumulation(accumulate=2)], logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, limit_train_batches=9,
+                        limit_val_batches=1, val_check_interval=3, num_sanity_val_steps=0, default_root_dir=tmp_path)
+    message = r"val_check_interval validates every 3 micro-batches.*accumulate=2.*use 4 or 2"
+    with pytest.raises(ValueError, match=message):
+        trainer.fit(QLoRAModule("tiny"), datamodule=MedicalMixDataModule(max_length=256, pack_tokens=256, seed=0))

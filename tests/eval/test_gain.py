@@ -86,7 +86,7 @@ def test_merged_weights_give_the_unmerged_logits_without_peft(trained, tmp_path,
 def test_model_card_holds_the_numbers_the_run_produced(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     main(["fit", "--config", str(REPO / "configs" / "tiny.yaml"), "--trainer.max_steps", "2",
-          "--trainer.val_check_interval", "1"])
+          "--trainer.val_check_interval", "2"])
     run = next(Path("runs/tiny").iterdir())
     medqa = write_jsonl(tmp_path / "medqa.jsonl", medqa_rows(6))
     pubmedqa = write_jsonl(tmp_path / "pubmedqa.jsonl", pubmedqa_rows(6))

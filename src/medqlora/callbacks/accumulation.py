@@ -22,3 +22,23 @@ class GradientAccumulation(GradientAccumulationScheduler):
         """Also set the factor here: a run resumed mid-epoch never sees that epoch's on_train_epoch_start."""
         super().on_train_start(trainer, pl_module)
         trainer.accumulate_grad_batches = self.get_accumulate_grad_batches(trainer.current_epoch)
+        check_validation_interval(trainer)
+
+    def on_train_epoch_start(self, trainer, *args) -> None:
+        """Set this epoch's factor, and check it against the validation interval."""
+        super().on_train_epoch_start(trainer, *args)
+        check_validation_interval(trainer)
+
+
+def check_validation_interval(trainer) -> None:
+    """Refuse validations inside an accumulation window: the checkpoint they trigger would miss the window's
+    partial gradients, so a run resumed from it would no longer equal the uninterrupted run."""
+    every, accumulate = trainer.val_check_batch, trainer.accumulate_grad_batches
+    if not trainer.enable_validation or not isinstance(every, int) or every % accumulate == 0:
+        return
+    if every >= trainer.num_training_batches:
+        return  # validation at epoch end: the last, partial window is stepped first
+    lower, upper = every // accumulate * accumulate, (every // accumulate + 1) * accumulate
+    raise ValueError(f"trainer.val_check_interval validates every {every} micro-batches, which is not a multiple of "
+                     f"GradientAccumulation.accumulate={accumulate}: validations and their checkpoints would fall "
+                     f"inside an accumulation window; use {upper}" + (f" or {lower}" if lower else ""))
