@@ -19,7 +19,6 @@ import torch
 from medqlora.eval import keypoints, scoring
 from medqlora.eval.items import Item
 from medqlora.eval.run import load_adapted
-from medqlora.model.host_embedding import move_ple_to_host
 from medqlora.model.loading import QuantSpec, load_base_model
 from medqlora.model.lora import LoraSpec, apply_lora
 from medqlora.tiny import ensure_tiny_model
@@ -30,7 +29,6 @@ for f in ensure_tiny_model().iterdir():
         shutil.copy(f, ckpt / f.name)
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the CPU runs it on the tiny model
 base = load_base_model(str(ckpt), QuantSpec(), device, text_only=True, ple_on_host=True)
-move_ple_to_host(base, torch.bfloat16)
 model = apply_lora(base, LoraSpec())
 with torch.no_grad():
     for name, p in model.named_parameters():

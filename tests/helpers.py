@@ -30,6 +30,27 @@ def make_module(lean: LeanSpec | None = None, dropout: float = 0.0, **kwargs) ->
     return module
 
 
+def perturbed_module(lean: LeanSpec | None = None, compute_dtype: str = "bfloat16") -> QLoRAModule:
+    """A tiny module whose LoRA B is non-zero (it starts at zero), so gradients reach A too."""
+    torch.manual_seed(1)
+    module = make_module(lean=lean, quantization=QuantSpec(compute_dtype=compute_dtype))
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for name, p in module.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    return module
+
+
+def loss_and_grads(module: QLoRAModule, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The module's loss on `batch` and the gradient of every trainable weight."""
+    module.model.zero_grad()
+    out = module(dict(batch))
+    out.loss.backward()
+    grads = {n: p.grad.clone() for n, p in module.model.named_parameters() if p.requires_grad}
+    return out.loss.detach(), grads
+
+
 def encoded_rows(tokenizer, convs=CONVERSATIONS, max_length: int = 256) -> list[dict]:
     """Conversations -> rows as the data module stores them."""
     rows = []

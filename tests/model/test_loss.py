@@ -10,32 +10,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import make_module, packed_batch, padded_batch
+from helpers import loss_and_grads, packed_batch, padded_batch, perturbed_module
 
-from medqlora.model.loading import QuantSpec
 from medqlora.model.loss import chunked_lm_loss, full_logits_loss
 from medqlora.model.module import LeanSpec
 
 PLAIN = LeanSpec(chunked_loss=False, ple_on_host=False, text_only=False)
-
-
-def _perturbed(lean: LeanSpec, compute_dtype: str = "bfloat16"):
-    torch.manual_seed(1)
-    module = make_module(lean=lean, quantization=QuantSpec(compute_dtype=compute_dtype))
-    torch.manual_seed(2)
-    with torch.no_grad():  # LoRA B starts at zero; give it values so gradients reach A too
-        for name, p in module.model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.05)
-    return module
-
-
-def _loss_and_grads(module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    module.model.zero_grad()
-    out = module(dict(batch))
-    out.loss.backward()
-    grads = {n: p.grad.clone() for n, p in module.model.named_parameters() if p.requires_grad}
-    return out.loss.detach(), grads
 
 
 def _assert_grads_close(a: dict, b: dict, rtol: float) -> None:
@@ -47,23 +27,23 @@ def _assert_grads_close(a: dict, b: dict, rtol: float) -> None:
 
 def test_lean_path_equals_plain_path(tokenizer):
     batch = padded_batch(tokenizer)
-    lean_loss, lean_grads = _loss_and_grads(_perturbed(LeanSpec(), compute_dtype="float32"), batch)
-    plain_loss, plain_grads = _loss_and_grads(_perturbed(PLAIN, compute_dtype="float32"), batch)
+    lean_loss, lean_grads = loss_and_grads(perturbed_module(LeanSpec(), compute_dtype="float32"), batch)
+    plain_loss, plain_grads = loss_and_grads(perturbed_module(PLAIN, compute_dtype="float32"), batch)
     torch.testing.assert_close(lean_loss, plain_loss, rtol=1e-5, atol=1e-5)
     _assert_grads_close(lean_grads, plain_grads, rtol=1e-4)
 
 
 def test_lean_path_equals_plain_path_in_bf16_within_rounding(tokenizer):
     batch = padded_batch(tokenizer)
-    lean_loss, _ = _loss_and_grads(_perturbed(LeanSpec()), batch)
-    plain_loss, _ = _loss_and_grads(_perturbed(PLAIN), batch)
+    lean_loss, _ = loss_and_grads(perturbed_module(LeanSpec()), batch)
+    plain_loss, _ = loss_and_grads(perturbed_module(PLAIN), batch)
     torch.testing.assert_close(lean_loss, plain_loss, rtol=2e-2, atol=0)
 
 
 def test_packed_rows_equal_padded_rows(tokenizer):
-    module = _perturbed(LeanSpec(), compute_dtype="float32")
-    padded_loss, padded_grads = _loss_and_grads(module, padded_batch(tokenizer))
-    packed_loss, packed_grads = _loss_and_grads(module, packed_batch(tokenizer))
+    module = perturbed_module(LeanSpec(), compute_dtype="float32")
+    padded_loss, padded_grads = loss_and_grads(module, padded_batch(tokenizer))
+    packed_loss, packed_grads = loss_and_grads(module, packed_batch(tokenizer))
     torch.testing.assert_close(packed_loss, padded_loss, rtol=1e-4, atol=1e-5)
     _assert_grads_close(packed_grads, padded_grads, rtol=1e-4)
 
@@ -87,12 +67,12 @@ def test_chunked_loss_matches_full_logits_for_any_chunk_size(chunk):
 
 def test_eager_attention_gives_the_sdpa_loss_on_packed_rows(tokenizer):
     """`lean.attention` reaches transformers, and both kernels honour the packed rows' block-diagonal mask."""
-    sdpa = _perturbed(LeanSpec(), "float32")
-    eager = _perturbed(LeanSpec(attention="eager"), "float32")
+    sdpa = perturbed_module(LeanSpec(), "float32")
+    eager = perturbed_module(LeanSpec(attention="eager"), "float32")
     assert eager.model.config.get_text_config()._attn_implementation == "eager"
     assert sdpa.model.config.get_text_config()._attn_implementation == "sdpa"
     batch = packed_batch(tokenizer)
-    torch.testing.assert_close(_loss_and_grads(eager, batch)[0], _loss_and_grads(sdpa, batch)[0], atol=1e-5,
+    torch.testing.assert_close(loss_and_grads(eager, batch)[0], loss_and_grads(sdpa, batch)[0], atol=1e-5,
                                rtol=0)
 
 

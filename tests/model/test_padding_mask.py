@@ -8,10 +8,9 @@ masked forward is the reference the unmasked one must equal (fp32: loss 1e-5, gr
 from __future__ import annotations
 
 import torch
-from helpers import make_module
+from helpers import loss_and_grads, perturbed_module
 
 from medqlora.data.collate import pad_collate
-from medqlora.model.loading import QuantSpec
 from medqlora.model.module import drop_right_padding_mask
 
 WINDOW = 16  # the tiny model's sliding window
@@ -38,21 +37,9 @@ def test_unmasked_right_padded_rows_give_the_masked_loss_and_gradients():
     batch = pad_collate(_rows(), 0)
     lengths = batch["attention_mask"].sum(1)
     assert (lengths.max() - lengths.min()) > WINDOW  # some pad queries see only padding when masked
-    torch.manual_seed(1)
-    module = make_module(quantization=QuantSpec(compute_dtype="float32"))
-    with torch.no_grad():  # LoRA B starts at zero; give it values so gradients reach A too
-        for name, p in module.model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.05)
-
-    def loss_and_grads(b: dict):
-        module.model.zero_grad()
-        loss = module(dict(b)).loss
-        loss.backward()
-        return loss.detach(), {n: p.grad.clone() for n, p in module.model.named_parameters() if p.requires_grad}
-
-    masked_loss, masked = loss_and_grads(batch)
-    unmasked_loss, unmasked = loss_and_grads(drop_right_padding_mask(batch))
+    module = perturbed_module(compute_dtype="float32")
+    masked_loss, masked = loss_and_grads(module, batch)
+    unmasked_loss, unmasked = loss_and_grads(module, drop_right_padding_mask(batch))
     torch.testing.assert_close(unmasked_loss, masked_loss, rtol=1e-5, atol=1e-5)
     for name, grad in masked.items():
         assert grad.abs().sum() > 0, name

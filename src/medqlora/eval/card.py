@@ -7,12 +7,12 @@ Reads the run directory: `config.yaml` (the resolved config LightningCLI saved),
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
 import yaml
 
+from medqlora.callbacks.curves import read_metrics
 from medqlora.io import atomic_write_text
 
 LIMITATIONS = """## Intended use and limitations
@@ -33,13 +33,8 @@ def _read(path: Path, loader):
 
 def _final_metrics(path: Path) -> dict[str, float]:
     """The last logged value of each val/ and train/ metric in metrics.csv."""
-    last: dict[str, float] = {}
-    if path.is_file():
-        for row in csv.DictReader(path.open()):
-            for key, value in row.items():
-                if value and key.startswith(("val/", "train/")):
-                    last[key] = float(value)
-    return last
+    series = read_metrics(path) if path.is_file() else {}
+    return {key: values[-1][1] for key, values in series.items() if key.startswith(("val/", "train/"))}
 
 
 def _callback_args(config: dict, name: str) -> dict:

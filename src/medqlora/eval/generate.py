@@ -6,7 +6,7 @@ import torch
 from tqdm.auto import tqdm
 
 from medqlora.data.chat import END_OF_TURN, THOUGHT_CLOSE
-from medqlora.eval.scoring import prompt_ids
+from medqlora.eval.scoring import left_pad, prompt_ids
 
 
 def strip_thoughts(text: str) -> str:
@@ -22,10 +22,9 @@ def generate(model, tokenizer, prompts: list[str], *, thinking: bool = False, ma
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     answers = []
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch"):
-        seqs = [prompt_ids(tokenizer, p, thinking) for p in prompts[start:start + batch_size]]
-        width = max(map(len, seqs))
-        ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=device)
-        mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device)
+        ids, mask = left_pad([prompt_ids(tokenizer, p, thinking) for p in prompts[start:start + batch_size]],
+                             tokenizer, device)
+        width = ids.shape[1]
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                              pad_token_id=pad)
         for row in out[:, width:]:

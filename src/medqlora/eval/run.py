@@ -10,7 +10,6 @@ import torch
 from medqlora.eval import keypoints, scoring
 from medqlora.eval.items import DEFAULT_BENCHMARKS, BenchmarkSpec, load_items
 from medqlora.io import atomic_directory, atomic_write_text
-from medqlora.model.host_embedding import move_ple_to_host
 from medqlora.model.loading import QuantSpec, load_base_model, load_tokenizer, resolve_name_or_path
 
 
@@ -29,10 +28,7 @@ def load_adapted(adapter_dir: str | Path, base: str | None = None, device: str |
 
     name = base or adapter_base(adapter_dir)
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    quant = QuantSpec()
-    model = load_base_model(name, quant, target, text_only=True, ple_on_host=target.type == "cuda")
-    if target.type == "cuda":
-        move_ple_to_host(model, quant.dtype)
+    model = load_base_model(name, QuantSpec(), target, text_only=True, ple_on_host=target.type == "cuda")
     model = PeftModel.from_pretrained(model, str(adapter_dir)).eval()
     return model, load_tokenizer(name)
 

@@ -23,6 +23,15 @@ def prompt_ids(tokenizer, user: str, thinking: bool = False) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def left_pad(seqs: list[list[int]], tokenizer, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input ids, attention mask) of `seqs` left-padded to the longest, so every row ends at the last column."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    width = max(map(len, seqs))
+    ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=device)
+    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device)
+    return ids, mask
+
+
 def _pairs(items: list[Item], tokenizer) -> list[tuple[int, int, list[int], list[int]]]:
     """(item index, choice index, prompt ids, choice ids) for every choice of every item."""
     out = []
@@ -48,14 +57,11 @@ def choice_logprobs(model, tokenizer, items: list[Item], batch_size: int = 8,
                     desc: str = "scoring") -> list[list[float]]:
     """log p(choice | prompt) for every choice of every item, with a progress bar."""
     device = next(p for p in model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     scores = [[0.0] * len(item.choices) for item in items]
     pairs = _pairs(items, tokenizer)
     for batch in tqdm(list(_batches(pairs, batch_size)), desc=desc, unit="batch"):
-        seqs = [prompt + choice for _, _, prompt, choice in batch]
-        width, k = max(map(len, seqs)), len(batch[0][3])
-        ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=device)
-        mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device)
+        ids, mask = left_pad([prompt + choice for _, _, prompt, choice in batch], tokenizer, device)
+        k = len(batch[0][3])
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=k + 1,
                        use_cache=False).logits[:, :-1].float()

@@ -66,7 +66,7 @@ class HostEmbedding(nn.Module):
 
 
 def move_ple_to_host(model: nn.Module, dtype: torch.dtype) -> HostEmbedding:
-    """Swap a loaded Gemma 4's per-layer embedding for a `HostEmbedding` (training and evaluation alike)."""
+    """Swap a loaded Gemma 4's per-layer embedding for a `HostEmbedding` (`load_base_model(ple_on_host=True)`)."""
     text_model = model.model.language_model
     text_model.embed_tokens_per_layer = HostEmbedding(text_model.embed_tokens_per_layer, dtype)
     return text_model.embed_tokens_per_layer

@@ -10,6 +10,7 @@ from typing import Literal
 
 import torch
 
+from medqlora.model.host_embedding import move_ple_to_host
 from medqlora.tiny import TINY_MODEL_ID, ensure_tiny_model
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -102,7 +103,8 @@ def load_base_model(name_or_path: str, quant: QuantSpec, device: torch.device, *
 
     text_only: build without the vision and audio towers (never used by text training); module names of
         the language model are unchanged, so a saved adapter still loads onto the full model.
-    ple_on_host: load the per-layer embedding table (2.35 B params on E2B) into host memory, not the GPU.
+    ple_on_host: load the per-layer embedding table (2.35 B params on E2B) into host memory, never the GPU,
+        and serve it from there (`HostEmbedding`).
     attention: transformers' `attn_implementation`.
     """
     from transformers import AutoModelForCausalLM
@@ -133,4 +135,6 @@ def load_base_model(name_or_path: str, quant: QuantSpec, device: torch.device, *
         from accelerate.hooks import remove_hook_from_module
 
         remove_hook_from_module(model, recurse=True)  # weights stay where the device map put them
+    if ple_on_host:
+        move_ple_to_host(model, quant.dtype)
     return model

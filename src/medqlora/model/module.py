@@ -18,7 +18,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from medqlora.model.distributed import clean_name, is_fsdp
-from medqlora.model.host_embedding import HostEmbedding, move_ple_to_host
+from medqlora.model.host_embedding import HostEmbedding
 from medqlora.model.loading import QuantSpec, load_base_model, load_config
 from medqlora.model.lora import LoraSpec, apply_lora, trainable_summary
 from medqlora.model.loss import LossOutput, chunked_lm_loss, full_logits_loss
@@ -135,8 +135,6 @@ class QLoRAModule(L.LightningModule):
             enable = getattr(base, "activation_checkpointing_enable", None) or base.gradient_checkpointing_enable
             enable(gc_kwargs)
             base.enable_input_require_grads()
-        if self.lean.ple_on_host:
-            move_ple_to_host(base, self.quant.dtype)
         torch.manual_seed(self.hparams.seed)
         with torch.device("cpu"):  # one init per seed on any device and strategy (CUDA draws another stream)
             self.model = apply_lora(base, self.lora)  # PEFT moves each adapter to its base layer's device
