@@ -58,7 +58,7 @@ run_dir = Path(trainer.log_dir)'''),
     new_markdown_cell("## Plot the run from its logs"),
     new_code_cell('''import matplotlib.pyplot as plt
 
-from medqlora.callbacks.curves import read_metrics
+from medqlora.runs import read_metrics
 
 metrics = read_metrics(run_dir / "metrics.csv")
 fig, axes = plt.subplots(1, 3, figsize=(14, 3))
@@ -68,22 +68,15 @@ for ax, column in zip(axes, ["train/loss", "lr", "mem/rss_gib"]):
     ax.set_title(column)
     ax.set_xlabel("optimizer step")
 print("validation:", metrics["val/loss"], metrics["val/acc"])'''),
-    new_markdown_cell("## Generate with the adapter\n\nThe adapter directory loads with the model card's own "
-                      "snippet: `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), ADAPTER)`."),
-    new_code_cell('''import torch
-from peft import PeftModel
-from transformers import AutoModelForCausalLM
+    new_markdown_cell("## Generate with the adapter\n\nWhat `medqlora generate` does, in code: the 4-bit base "
+                      "loaded as in training, the adapter on top, greedy answers in Gemma 4's chat format. (On a GPU "
+                      "the adapter also loads with the model card's own snippet: "
+                      "`PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), ADAPTER)`.)"),
+    new_code_cell('''from medqlora.eval.generate import generate
+from medqlora.eval.run import load_adapted
 
-from medqlora.model.loading import QuantSpec, resolve_name_or_path
-
-base = AutoModelForCausalLM.from_pretrained(resolve_name_or_path("tiny"), quantization_config=QuantSpec().bnb_config())
-model = PeftModel.from_pretrained(base, run_dir / "adapter").eval()
-messages = [{"role": "user", "content": "Name the first-line treatment for gout."}]
-inputs = data.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                            return_dict=True)
-with torch.no_grad():
-    out = model.generate(**inputs, max_new_tokens=24, do_sample=False)
-print(data.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:]))'''),
+model, tokenizer = load_adapted(run_dir / "adapter")
+print(generate(model, tokenizer, ["Name the first-line treatment for gout."], max_new_tokens=24))'''),
     new_markdown_cell("## The same cells, the real recipe\n\nOn a GPU with hub access (and Gemma 4's licence "
                       "accepted), the same objects train the model card's recipe: swap the model name, take the "
                       "recipe's sources, and use the GPU. `medqlora fit --config configs/gemma4-e2b-medical.yaml` "
@@ -162,7 +155,7 @@ for step, text in sampler.samples:
                       "module is `__main__`. A second `--config` overrides the first, so list the built-ins too."),
     new_code_cell('''import tempfile
 
-from medqlora.cli import main
+from medqlora.cli import run
 
 extra = Path(tempfile.mkdtemp()) / "with-sampler.yaml"
 extra.write_text("""
@@ -179,7 +172,7 @@ trainer:
     - class_path: __main__.SampleGenerations
       init_args: {every_n_steps: 4, prompt: "What confirms hypothyroidism?"}
 """)
-cli = main(["fit", "--config", str(REPO / "configs" / "tiny.yaml"), "--config", str(extra)])
+cli = run(["fit", "--config", str(REPO / "configs" / "tiny.yaml"), "--config", str(extra)])
 wired = next(c for c in cli.trainer.callbacks if isinstance(c, SampleGenerations))
 assert wired.samples, "the YAML-wired callback did not run"
 print(wired.samples)'''),

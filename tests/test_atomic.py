@@ -65,3 +65,27 @@ def test_text_write_that_dies_keeps_the_previous_file(tmp_path, monkeypatch):
         atomic_write_text(path, '{"v": 2}')
     assert path.read_text() == '{"v": 1}'
     assert [p.name for p in tmp_path.iterdir()] == ["data_card.json"]
+
+
+def test_the_optional_kernels_hint_of_bitsandbytes_is_kept_at_debug_level(caplog):
+    import logging
+
+    import medqlora  # noqa: F401 - installs the filter
+
+    hint = "Failed to load CPU gemm_4bit_forward from kernels-community: No module named 'kernels'."
+    caplog.set_level(logging.INFO)
+    logging.getLogger("bitsandbytes.backends.cpu.ops").warning(hint)
+    logging.getLogger("bitsandbytes.backends.cpu.ops").warning("another warning")
+    assert [r.getMessage() for r in caplog.records] == ["another warning"]
+    caplog.clear()
+    caplog.set_level(logging.DEBUG, logger="bitsandbytes.backends.cpu.ops")
+    logging.getLogger("bitsandbytes.backends.cpu.ops").warning(hint)
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [("DEBUG", hint)]
+
+
+@pytest.mark.parametrize("seconds, text", [(14.2, "14 s"), (200, "3 min 20 s"), (3599, "59 min 59 s"),
+                                           (7500, "2 h 05 min")])
+def test_wall_time_is_readable_at_any_length(seconds, text):
+    from medqlora.eval.card import duration
+
+    assert duration(seconds) == text

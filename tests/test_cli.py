@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import REPO
 
-from medqlora.cli import main
+from medqlora.cli import main, run
 
 CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
 TINY = REPO / "configs" / "tiny.yaml"
@@ -19,7 +20,7 @@ TINY = REPO / "configs" / "tiny.yaml"
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
 def test_every_config_parses(config, capsys):
     with pytest.raises(SystemExit) as exit_:
-        main(["fit", "--config", str(config), "--print_config"])
+        run(["fit", "--config", str(config), "--print_config"])
     assert exit_.value.code in (0, None)
     printed = capsys.readouterr().out
     assert "name_or_path:" in printed and "callbacks:" in printed
@@ -28,7 +29,7 @@ def test_every_config_parses(config, capsys):
 @pytest.mark.parametrize("subcommand", ["fit", "validate", "test", "predict"])
 def test_tiny_fast_dev_run(tmp_path, monkeypatch, subcommand):
     monkeypatch.chdir(tmp_path)
-    cli = main([subcommand, "--config", str(TINY), "--trainer.fast_dev_run", "2"])
+    cli = run([subcommand, "--config", str(TINY), "--trainer.fast_dev_run", "2"])
     assert cli.trainer.state.finished
     if subcommand == "predict":
         assert cli.trainer.predict_loop.predictions[0]["preds"].numel() > 0
@@ -42,25 +43,30 @@ def _run_dir() -> Path:
 
 def test_tiny_fit_writes_a_run_directory_and_resumes(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    main(["fit", "--config", str(TINY), "--trainer.max_steps", "3", "--trainer.val_check_interval", "2"])
-    run = _run_dir()
+    run(["fit", "--config", str(TINY), "--trainer.max_steps", "3", "--trainer.val_check_interval", "2"])
+    run_dir = _run_dir()
     for name in ("metrics.csv", "config.yaml", "data_card.json", "data_card.md", "memory.json",
                  "adapter/adapter_model.safetensors", "adapter/README.md", "checkpoints/last.ckpt"):
-        assert (run / name).exists(), name
-    assert list(run.glob("events.out.tfevents.*")), "no TensorBoard events"
-    rows = list(csv.DictReader(open(run / "metrics.csv")))
+        assert (run_dir / name).exists(), name
+    assert list(run_dir.glob("events.out.tfevents.*")), "no TensorBoard events"
+    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
     assert any(r["train/loss"] for r in rows) and any(r["val/loss"] for r in rows) and any(r["lr"] for r in rows)
-    card = json.loads((run / "data_card.json").read_text())
+    card = json.loads((run_dir / "data_card.json").read_text())
     assert set(card["sources"]) == {"medqa", "o1", "alpacare"}
 
-    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
     assert checkpoint["state_dict"] and all("lora_" in k for k in checkpoint["state_dict"])
     assert 1 <= checkpoint["global_step"] <= 3  # saved at a validation before max_steps
 
-    cli = main(["fit", "--config", str(TINY), "--trainer.max_steps", "5",
-                "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
+    first_wall = json.loads((run_dir / "memory.json").read_text())["wall_time_s"]
+    cli = run(["fit", "--config", str(TINY), "--trainer.max_steps", "5",
+               "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt")])
     assert cli.trainer.global_step == 5
     assert cli.config.fit.weights_only is True  # the checkpoint loads without unpickling arbitrary objects
+    assert _run_dir() == run_dir, "a resumed run continues in its own run directory"
+    steps = [int(r["step"]) for r in csv.DictReader(open(run_dir / "metrics.csv")) if r["train/loss"]]
+    assert steps == sorted(set(steps)) and steps[0] == 0 and steps[-1] == 4, steps  # whole, no step twice
+    assert json.loads((run_dir / "memory.json").read_text())["wall_time_s"] > first_wall
 
 
 @pytest.mark.parametrize("args, message", [
@@ -78,7 +84,7 @@ def test_tiny_fit_writes_a_run_directory_and_resumes(tmp_path, monkeypatch):
 def test_bad_values_fail_naming_field_and_value(args, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises((SystemExit, ValueError)) as err:
-        main(["fit", "--config", str(TINY), "--trainer.fast_dev_run", "1", *args])
+        run(["fit", "--config", str(TINY), "--trainer.fast_dev_run", "1", *args])
     text = capsys.readouterr().err + str(err.value)
     assert message in text
 
@@ -87,14 +93,14 @@ def test_bad_values_fail_naming_field_and_value(args, message, capsys, tmp_path,
 def test_asking_for_a_gpu_without_one_says_so(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError, match=r"trainer.accelerator='gpu' but no CUDA GPU is visible.*accelerator cpu"):
-        main(["fit", "--config", str(REPO / "configs" / "gemma4-e2b-medical.yaml"), "--model.name_or_path", "tiny",
+        run(["fit", "--config", str(REPO / "configs" / "gemma4-e2b-medical.yaml"), "--model.name_or_path", "tiny",
               "--data.max_length", "256"])
 
 
 def test_max_length_beyond_the_models_positions_fails_at_parse_time(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises((SystemExit, ValueError), match=r"data.max_length=100000 exceeds the 4096 positions"):
-        main(["fit", "--config", str(TINY), "--data.max_length", "100000"])
+        run(["fit", "--config", str(TINY), "--data.max_length", "100000"])
     assert not Path("runs").exists()  # nothing was built or written
 
 
@@ -112,20 +118,75 @@ def test_resource_errors_say_which_knob_to_turn(tmp_path, monkeypatch, error, me
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(QLoRAModule, "training_step", fail)
     with pytest.raises(SystemExit, match=message):
-        main(["fit", "--config", str(TINY), "--trainer.fast_dev_run", "1"])
+        run(["fit", "--config", str(TINY), "--trainer.fast_dev_run", "1"])
 
 
 def test_each_validation_logs_eval_loss_and_accuracy_and_the_best_checkpoint_follows_eval_loss(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    main(["fit", "--config", str(TINY), "--trainer.max_steps", "4", "--trainer.val_check_interval", "2"])
-    run = _run_dir()
-    rows = [r for r in csv.DictReader(open(run / "metrics.csv")) if r["val/loss"]]
+    run(["fit", "--config", str(TINY), "--trainer.max_steps", "4", "--trainer.val_check_interval", "2"])
+    run_dir = _run_dir()
+    rows = [r for r in csv.DictReader(open(run_dir / "metrics.csv")) if r["val/loss"]]
     assert len(rows) >= 3 and all(r["val/acc"] for r in rows), "loss and accuracy at every validation"
     assert all(0.0 <= float(r["val/acc"]) <= 1.0 for r in rows)
     lowest = min(float(r["val/loss"]) for r in rows)
-    best = list((run / "checkpoints").glob("best-*.ckpt"))
+    best = list((run_dir / "checkpoints").glob("best-*.ckpt"))
     assert len(best) == 1
     states = torch.load(best[0], weights_only=False)["callbacks"]
     score = next(v["best_model_score"] for k, v in states.items() if k.startswith("ModelCheckpoint"))
     assert float(score) == pytest.approx(lowest)
-    assert (run / "adapter-best" / "adapter_model.safetensors").is_file()
+    assert (run_dir / "adapter-best" / "adapter_model.safetensors").is_file()
+
+
+def _trained_run(*extra: str) -> Path:
+    run(["fit", "--config", str(TINY), "--trainer.max_steps", "2", *extra])
+    return _run_dir()
+
+
+def test_resume_refuses_a_setting_that_differs_from_the_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    checkpoint = _trained_run() / "checkpoints" / "last.ckpt"
+    with pytest.raises(ValueError, match=r"model.lr is 0.1 here but 0.005 in the checkpoint.*drop these overrides"):
+        run(["fit", "--config", str(TINY), "--ckpt_path", str(checkpoint), "--model.lr", "0.1"])
+    with pytest.raises(ValueError, match=r"data.max_length is 200 here but 256 in the checkpoint"):
+        run(["fit", "--config", str(TINY), "--ckpt_path", str(checkpoint), "--data.max_length", "200"])
+    with pytest.raises(ValueError, match=r"model.lean.loss_chunk_size is 64 here but 256"):  # defaults spelled out
+        run(["fit", "--config", str(TINY), "--ckpt_path", str(checkpoint), "--model.lean.loss_chunk_size", "64"])
+    assert len(list(Path("runs/tiny").iterdir())) == 1  # refused before a run directory was made
+    # the same values spelled out are no difference
+    cli = run(["fit", "--config", str(TINY), "--ckpt_path", str(checkpoint), "--model.lr", "0.005",
+               "--trainer.max_steps", "3"])
+    assert cli.trainer.global_step == 3
+
+
+@pytest.mark.faults
+def test_an_interrupted_run_exits_128_plus_the_signal_and_its_adapter_says_it_is_unfinished(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code = main(["fit", "--config", str(TINY), "--trainer.max_steps", "6",
+                 "--trainer.callbacks+=faults_helpers.SignalAtBatch", "--trainer.callbacks.batch=3",
+                 f"--trainer.callbacks.signum={int(signal.SIGTERM)}"])
+    assert code == 128 + signal.SIGTERM
+    run_dir = _run_dir()
+    assert (run_dir / "checkpoints" / "interrupted.ckpt").is_file()
+    state = json.loads((run_dir / "adapter" / "training_state.json").read_text())
+    assert state == {"step": 3, "total_steps": 6, "kind": "final"}  # signal after micro-batch 4: saved at step 3
+    card = (run_dir / "adapter" / "README.md").read_text()
+    assert "Training did not finish" in card and "optimizer step 3 of 6" in card and "interrupted.ckpt" in card
+    assert run(["fit", "--config", str(TINY), "--trainer.max_steps", "6",
+                "--ckpt_path", str(run_dir / "checkpoints" / "interrupted.ckpt")]).trainer.global_step == 6
+    assert "after all 6 optimizer steps" in (run_dir / "adapter" / "README.md").read_text()
+
+
+@pytest.mark.parametrize("subcommand, prefix", [("validate", "val"), ("test", "test"), ("predict", None)])
+def test_evaluation_subcommands_write_no_adapter_and_name_their_folder(tmp_path, monkeypatch, subcommand, prefix):
+    monkeypatch.chdir(tmp_path)
+    checkpoint = _trained_run() / "checkpoints" / "last.ckpt"
+    run([subcommand, "--config", str(TINY), "--ckpt_path", str(checkpoint), "--trainer.limit_val_batches", "2",
+         "--trainer.limit_test_batches", "2", "--trainer.limit_predict_batches", "2"])
+    made = [d for d in Path("runs/tiny").iterdir() if d.name.startswith(f"{subcommand}-")]
+    assert len(made) == 1
+    assert not list(Path("runs").rglob(f"{subcommand}-*/adapter*"))
+    assert not list(Path("runs").rglob("adapter-best"))  # the fit of 2 steps never validated; validate wrote none
+    if prefix:
+        header = (made[0] / "metrics.csv").read_text().splitlines()[0].split(",")
+        assert f"{prefix}/loss" in header and f"{prefix}/acc" in header
+        assert not any(h.startswith("val/") for h in header) or prefix == "val"

@@ -1,5 +1,7 @@
 """`python -m medqlora` == the `medqlora` command."""
 
+import sys
+
 from medqlora.cli import main
 
-main()
+sys.exit(main())

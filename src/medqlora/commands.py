@@ -13,7 +13,13 @@ import argparse
 import json
 from pathlib import Path
 
-COMMANDS = ("eval", "generate", "merge", "card", "curves")
+COMMANDS = {
+    "eval": "MedQA, PubMedQA and clinical key points, base vs adapter in one load; updates the model card",
+    "generate": "answer prompts with an adapter (greedy, Gemma 4 chat format)",
+    "merge": "merge an adapter into bf16 base weights that load without PEFT",
+    "card": "rewrite an adapter's model card (README.md) from its run directory",
+    "curves": "redraw a run's curves.png from its metrics.csv",
+}
 
 
 def _source(value: str | None, default):
@@ -27,39 +33,69 @@ def _source(value: str | None, default):
     return replace(default, hub_id=value, path=None)
 
 
+def _positive(value: str) -> int:
+    """argparse type: an integer >= 1."""
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (got {number})")
+    return number
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medqlora", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    ev = sub.add_parser("eval", help="MedQA, PubMedQA and clinical key points, base vs adapter; updates the card")
+    ev = sub.add_parser("eval", help=COMMANDS["eval"], description=COMMANDS["eval"])
     ev.add_argument("adapter", type=Path)
     ev.add_argument("--base", help="base model (default: the adapter's own)")
     ev.add_argument("--medqa", help="hub id or local file (default GBaker/MedQA-USMLE-4-options, test)")
     ev.add_argument("--pubmedqa", help="hub id or local file (default qiaojin/PubMedQA pqa_labeled)")
-    ev.add_argument("--limit", type=int, help="score only the first N rows of each benchmark")
+    ev.add_argument("--limit", type=_positive, help="score only the first N rows of each benchmark")
     ev.add_argument("--no-keypoints", action="store_true", help="skip the 54 key-point prompts")
-    ev.add_argument("--batch-size", type=int, default=8)
-    ev.add_argument("--max-new-tokens", type=int, default=512, help="key-point answers")
+    ev.add_argument("--batch-size", type=_positive, default=8)
+    ev.add_argument("--max-new-tokens", type=_positive, default=512, help="key-point answers")
     ev.add_argument("--out", type=Path, help="default: <run dir>/eval-<adapter name>")
-    gen = sub.add_parser("generate", help="answer prompts with the adapter")
+    gen = sub.add_parser("generate", help=COMMANDS["generate"], description=COMMANDS["generate"])
     gen.add_argument("adapter", type=Path)
     what = gen.add_mutually_exclusive_group(required=True)
     what.add_argument("--prompt")
     what.add_argument("--prompts-file", type=Path, help="one prompt per line")
     gen.add_argument("--thinking", action="store_true", help="let the model think first (thoughts not printed)")
-    gen.add_argument("--max-new-tokens", type=int, default=512)
+    gen.add_argument("--max-new-tokens", type=_positive, default=512)
     gen.add_argument("--base")
-    mg = sub.add_parser("merge", help="merge the adapter into bf16 base weights")
+    mg = sub.add_parser("merge", help=COMMANDS["merge"], description=COMMANDS["merge"])
     mg.add_argument("adapter", type=Path)
-    mg.add_argument("out", type=Path)
+    mg.add_argument("out", type=Path, help="a new or empty directory")
     mg.add_argument("--base")
-    cd = sub.add_parser("card", help="rewrite an adapter's model card from its run directory")
+    mg.add_argument("--force", action="store_true", help="replace OUT even if it holds files")
+    cd = sub.add_parser("card", help=COMMANDS["card"], description=COMMANDS["card"])
     cd.add_argument("run_dir", type=Path)
     cd.add_argument("--adapter", type=Path, help="default: <run_dir>/adapter")
-    cv = sub.add_parser("curves", help="redraw a run's curves.png from its metrics.csv")
+    cv = sub.add_parser("curves", help=COMMANDS["curves"], description=COMMANDS["curves"])
     cv.add_argument("run_dir", type=Path)
-    cv.add_argument("out", nargs="?", type=Path)
+    cv.add_argument("out", nargs="?", type=Path, help="default: <run_dir>/curves.png")
+    cv.add_argument("--force", action="store_true", help="replace OUT if it exists")
     return parser
+
+
+def _refuse_to_replace(path: Path, what: str) -> None:
+    """Never delete or overwrite what the user made: an existing non-empty target needs --force."""
+    if (path.is_dir() and any(path.iterdir())) or path.is_file():
+        raise FileExistsError(f"{what} {path} already exists and is not empty; choose a new path or add --force "
+                              "to replace it")
+
+
+def _prompts(args: argparse.Namespace) -> list[str]:
+    if args.prompt is not None:
+        if not args.prompt.strip():
+            raise ValueError("generate: --prompt is empty; give the question to answer")
+        return [args.prompt]
+    if not args.prompts_file.is_file():
+        raise FileNotFoundError(f"generate: --prompts-file {args.prompts_file} does not exist")
+    prompts = [line.strip() for line in args.prompts_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError(f"generate: --prompts-file {args.prompts_file} holds no prompt; write one per line")
+    return prompts
 
 
 def run(argv: list[str]) -> None:
@@ -68,21 +104,25 @@ def run(argv: list[str]) -> None:
     if args.command == "curves":
         from medqlora.callbacks.curves import plot_curves
 
+        if args.out is not None and not args.force:
+            _refuse_to_replace(args.out, "curves: OUT")
         print(plot_curves(args.run_dir, args.out))
     elif args.command == "card":
         from medqlora.eval.card import write_model_card
 
         print(write_model_card(args.run_dir, args.adapter))
     elif args.command == "merge":
-        from medqlora.eval.run import merge
+        from medqlora.eval.run import check_adapter_dir, merge
 
+        check_adapter_dir(args.adapter)
+        if not args.force:
+            _refuse_to_replace(args.out, "merge: OUT")
         print(merge(args.adapter, args.out, args.base))
     elif args.command == "generate":
         from medqlora.eval.generate import generate
         from medqlora.eval.run import load_adapted
 
-        prompts = [args.prompt] if args.prompt else [
-            line.strip() for line in args.prompts_file.read_text().splitlines() if line.strip()]
+        prompts = _prompts(args)
         model, tokenizer = load_adapted(args.adapter, args.base)
         for prompt, answer in zip(prompts, generate(model, tokenizer, prompts, thinking=args.thinking,
                                                     max_new_tokens=args.max_new_tokens)):

@@ -17,11 +17,27 @@ from typing import Any
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it and putting it back: Python has no getter before 3.13)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(path: Path) -> None:
+    """Give `path` (and, for a directory, everything in it) the modes a plain `open`/`mkdir` would have:
+    `tempfile` creates files 0600 and directories 0700, so a shared group could not read our outputs."""
+    mask = _umask()
+    for item in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        item.chmod((0o777 if item.is_dir() else 0o666) & ~mask)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` atomically."""
+    """Write `text` to `path` atomically (with the user's umask, like any other tool's output)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
@@ -35,7 +51,9 @@ def atomic_write_text(path: Path, text: str) -> None:
 @contextmanager
 def atomic_directory(directory: Path) -> Iterator[Path]:
     """Yield a staging directory beside `directory`; on success it replaces `directory` whole, on any error
-    (disk full, kill) it is removed and the previous `directory` is untouched."""
+    (disk full, kill) it is removed and the previous `directory` is untouched.
+
+    Callers decide whether `directory` may be replaced: this only makes the replacement atomic."""
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
@@ -43,6 +61,7 @@ def atomic_directory(directory: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    apply_umask(staging)
     old = directory.with_name(f".{directory.name}.old")
     if directory.exists():
         directory.rename(old)

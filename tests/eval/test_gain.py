@@ -20,7 +20,7 @@ from helpers import write_jsonl
 from torch.utils.data import DataLoader
 
 from medqlora.callbacks.adapter import save_adapter
-from medqlora.cli import main
+from medqlora.cli import run
 from medqlora.data.chat import encode
 from medqlora.data.collate import pad_collate
 from medqlora.data.sources import Conversation
@@ -85,17 +85,17 @@ def test_merged_weights_give_the_unmerged_logits_without_peft(trained, tmp_path,
 
 def test_model_card_holds_the_numbers_the_run_produced(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    main(["fit", "--config", str(REPO / "configs" / "tiny.yaml"), "--trainer.max_steps", "2",
+    run(["fit", "--config", str(REPO / "configs" / "tiny.yaml"), "--trainer.max_steps", "2",
           "--trainer.val_check_interval", "2"])
-    run = next(Path("runs/tiny").iterdir())
+    run_dir = next(Path("runs/tiny").iterdir())
     medqa = write_jsonl(tmp_path / "medqa.jsonl", medqa_rows(6))
     pubmedqa = write_jsonl(tmp_path / "pubmedqa.jsonl", pubmedqa_rows(6))
-    main(["eval", str(run / "adapter"), "--medqa", str(medqa), "--pubmedqa", str(pubmedqa), "--limit", "5",
+    run(["eval", str(run_dir / "adapter"), "--medqa", str(medqa), "--pubmedqa", str(pubmedqa), "--limit", "5",
           "--max-new-tokens", "4"])
-    card = (run / "adapter" / "README.md").read_text()
-    results = json.loads((run / "eval-adapter" / "eval.json").read_text())
-    memory = json.loads((run / "memory.json").read_text())
-    data = json.loads((run / "data_card.json").read_text())
+    card = (run_dir / "adapter" / "README.md").read_text()
+    results = json.loads((run_dir / "eval-adapter" / "eval.json").read_text())
+    memory = json.loads((run_dir / "memory.json").read_text())
+    data = json.loads((run_dir / "data_card.json").read_text())
     for bench in results["benchmarks"]:
         assert f"| {bench['base_accuracy']:.1f} | {bench['adapter_accuracy']:.1f} | {bench['delta_pp']:+.1f} |" in card
     assert f"| **average** | {results['keypoints']['base']['average']:.1f} |" in card
@@ -110,7 +110,7 @@ def test_generate_command_prints_one_answer_per_prompt(trained, tmp_path, capsys
     adapter, _ = trained
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("A cardiac case. Which option?\n\nA renal case. Which option?\n")
-    main(["generate", str(adapter), "--prompts-file", str(prompts), "--max-new-tokens", "3"])
+    run(["generate", str(adapter), "--prompts-file", str(prompts), "--max-new-tokens", "3"])
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert [line["prompt"] for line in lines] == ["A cardiac case. Which option?", "A renal case. Which option?"]
     assert all(isinstance(line["answer"], str) and "<turn|>" not in line["answer"] for line in lines)

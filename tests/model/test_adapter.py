@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
 from medqlora.callbacks.adapter import save_adapter
+from medqlora.model.loading import keep_4bit_layout
 
 
 def test_a_few_steps_lower_the_loss_on_a_fixed_batch(tokenizer):
@@ -50,6 +51,9 @@ def test_saved_adapter_loads_with_the_model_card_snippet_and_reproduces_logits(t
     base = AutoModelForCausalLM.from_pretrained(tiny_dir, quantization_config=bnb_config)
     assert base.model.vision_tower is not None
     model = PeftModel.from_pretrained(base, adapter)
+    # on AVX512-BF16 CPUs bitsandbytes would repack the weights for eval (and refuses the tiny model's 16-wide
+    # per-layer gate): keep the layout the adapter was trained in, as medqlora's own loader does
+    keep_4bit_layout(model)
     model.eval()
     with torch.no_grad():
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits

@@ -2,35 +2,51 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 
+from medqlora.callbacks.schedule import total_optimizer_steps
 from medqlora.callbacks.steps import run_dir
 from medqlora.eval.card import render
 from medqlora.io import atomic_directory
 from medqlora.model.loading import load_tokenizer
 
+PROGRESS_FILE = "training_state.json"
 
-def save_adapter(pl_module: L.LightningModule, directory: Path, weights: dict | None = None) -> Path:
+
+def save_adapter(pl_module: L.LightningModule, directory: Path, weights: dict | None = None,
+                 progress: dict | None = None) -> Path:
     """adapter_config.json + adapter_model.safetensors + tokenizer + model card, swapped in atomically.
 
     The model card (README.md) is rendered from the run directory, `directory`'s parent (`eval/card.py`).
 
     weights: the adapter's full weights (`QLoRAModule.adapter_weights()`); None reads them off the model,
-        which is right on one device or DDP, not under FSDP (shards)."""
+        which is right on one device or DDP, not under FSDP (shards).
+    progress: how far training was when this adapter was written ({"step", "total_steps", "kind"}), kept as
+        training_state.json so its card says so."""
     with atomic_directory(directory) as staging:  # a failed save never touches the previous adapter
         pl_module.model.save_pretrained(staging, safe_serialization=True, state_dict=weights)
         load_tokenizer(pl_module.name_or_path).save_pretrained(staging)
+        if progress is not None:
+            (staging / PROGRESS_FILE).write_text(json.dumps(progress, indent=2))
         (staging / "README.md").write_text(render(directory.parent, staging))
     return directory
 
 
+def progress(trainer: L.Trainer, kind: str) -> dict:
+    """{"step": optimizer steps done, "total_steps": the run's planned total, "kind": "final" or "best"}."""
+    return {"step": trainer.global_step, "total_steps": total_optimizer_steps(trainer), "kind": kind}
+
+
 class AdapterExport(Callback):
-    """Saves `<run dir>/adapter` at the end of fit and `<run dir>/adapter-best` on each new best `monitor`.
+    """Saves `<run dir>/adapter` at the end of fit and `<run dir>/adapter-best` on each new best `monitor`
+    (never under validate/test/predict, which train nothing).
 
     Args:
         monitor: the metric that decides "best" (lower is better).
@@ -46,14 +62,15 @@ class AdapterExport(Callback):
         return run_dir(trainer) / name
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Save adapter-best when the monitored value improves (not during the sanity check)."""
+        """Save adapter-best when the monitored value improves (while fitting; not during the sanity check)."""
         value = trainer.callback_metrics.get(self.monitor)
-        if not self.save_best or trainer.sanity_checking or value is None or float(value) >= self.best:
+        if not self.save_best or trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking or \
+                value is None or float(value) >= self.best:
             return
         self.best = float(value)
         weights, directory = pl_module.adapter_weights(), self.adapter_dir(trainer, "adapter-best")  # every rank
         if trainer.is_global_zero:
-            save_adapter(pl_module, directory, weights)
+            save_adapter(pl_module, directory, weights, progress(trainer, "best"))
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Save the final adapter."""
@@ -61,7 +78,7 @@ class AdapterExport(Callback):
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.save()  # the card reads metrics.csv
-            path = save_adapter(pl_module, directory, weights)
+            path = save_adapter(pl_module, directory, weights, progress(trainer, "final"))
             rank_zero_info(f"medqlora: adapter written to {path}")
 
     def state_dict(self) -> dict:

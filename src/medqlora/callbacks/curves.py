@@ -5,7 +5,6 @@ Written by the `TrainingCurves` callback at the end of fit, and by `medqlora cur
 
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
 from medqlora.callbacks.steps import run_dir
+from medqlora.runs import read_metrics
 
 PANELS = [  # (title, [(metric column, label)])
     ("loss", [("train/loss", "train"), ("val/loss", "validation")]),
@@ -21,18 +21,6 @@ PANELS = [  # (title, [(metric column, label)])
     ("peak memory (GiB)", [("mem/peak_alloc_gib", "CUDA allocated"), ("mem/peak_reserved_gib", "CUDA reserved"),
                            ("mem/rss_gib", "host RSS")]),
 ]
-
-
-def read_metrics(metrics_csv: Path) -> dict[str, list[tuple[int, float]]]:
-    """Column -> [(optimizer step, value)] for every non-empty cell of a Lightning CSVLogger file."""
-    series: dict[str, list[tuple[int, float]]] = {}
-    with open(metrics_csv, newline="") as f:
-        for row in csv.DictReader(f):
-            step = int(float(row.get("step") or 0))
-            for key, value in row.items():
-                if key not in ("step", "epoch") and value not in ("", None):
-                    series.setdefault(key, []).append((step, float(value)))
-    return series
 
 
 def plot_curves(run_dir: str | Path, out: str | Path | None = None, panels: list | None = None) -> Path:

@@ -1,8 +1,9 @@
 """Checkpoint on SIGTERM / SIGINT at the next optimizer-step boundary, then stop cleanly.
 
 A checkpoint taken inside an accumulation window would lose the window's partial gradients, so the signal
-only raises a flag; the save happens once the current optimizer step has run, and the run ends with exit
-code 0. Resume with `--ckpt_path <dirpath>/interrupted.ckpt`.
+only raises a flag; the save happens once the current optimizer step has run, and the `medqlora` command then
+exits with 128 + the signal's number (143 for SIGTERM, 130 for Ctrl-C), as an interrupted program does, so a
+scheduler or `fit && eval` does not take the run for finished. Resume with `--ckpt_path <dirpath>/interrupted.ckpt`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class CheckpointOnInterrupt(Callback):
     def __init__(self, dirpath: str | None = None):
         self.dirpath = dirpath
         self.received: int | None = None
+        self.stopped_by: int | None = None  # the signal that stopped the run (SIGTERM when another rank got one)
         self.saved: Path | None = None
         self._previous: dict[int, object] = {}
 
@@ -56,6 +58,7 @@ class CheckpointOnInterrupt(Callback):
         name = signal.Signals(self.received).name if self.received is not None else "a signal (on another rank)"
         rank_zero_info(f"medqlora: {name} received; saved {self.saved} at "
                        f"optimizer step {trainer.global_step}; resume with --ckpt_path {self.saved}")
+        self.stopped_by = self.received if self.received is not None else int(signal.SIGTERM)
         trainer.should_stop = True
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -50,6 +50,11 @@ class PeakMemory(Callback):
         self.summary: dict[str, float] = {}
         self._epoch_peak = 0.0
         self._start = 0.0
+        self._earlier_s = 0.0  # wall time of the sessions before a resume
+
+    def wall_time_s(self) -> float:
+        """Seconds of training so far, over every session of a resumed run."""
+        return self._earlier_s + (time.perf_counter() - self._start if self._start else 0.0)
 
     def _device(self, trainer: L.Trainer) -> torch.device:
         return trainer.strategy.root_device  # the module itself is back on the CPU after teardown
@@ -111,10 +116,18 @@ class PeakMemory(Callback):
                         "peak_reserved_gib": reserved,
                         **split,
                         "activations_peak_gib": max(0.0, peak - sum(split.values())) if on_cuda else None,
-                        "wall_time_s": time.perf_counter() - self._start}
+                        "wall_time_s": self.wall_time_s()}
         rank_zero_info("medqlora memory: peak {peak_gib:.2f} GiB on {device} (params {params_gib:.2f}, "
                        "optimizer {optimizer_state_gib:.3f}, grads {grads_gib:.3f}); "
                        "wall {wall_time_s:.0f} s".format(**self.summary))
         directory = run_dir(trainer) if trainer.loggers else None  # every rank: a collective
         if trainer.is_global_zero and directory is not None:
             atomic_write_text(directory / "memory.json", json.dumps(self.summary, indent=2))
+
+    def state_dict(self) -> dict:
+        """Wall time so far, so a resumed run's memory.json counts the whole run."""
+        return {"wall_time_s": self.wall_time_s()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Continue the wall-time count of the run being resumed."""
+        self._earlier_s = state_dict.get("wall_time_s", 0.0)

@@ -67,6 +67,9 @@ class MedicalMixDataModule(L.LightningDataModule):
                  sample_policy: SamplePolicy = "all", val_fraction: float = 0.05, seed: int = 42,
                  decontaminate: list[EvalQuestions] | None = None, num_workers: int = 0):
         super().__init__()
+        # saved in checkpoints, so a resume can refuse settings that would change its rows (medqlora.resume);
+        # not logged: the model's hyperparameters are, and both have a `seed`
+        self.save_hyperparameters(logger=False)
         if max_length < 16:
             raise ValueError(f"data.max_length={max_length} is too small; use at least 16 (recipe: 2048)")
         if micro_batch_size < 1:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import yaml
 
-from medqlora.callbacks.curves import read_metrics
 from medqlora.io import atomic_write_text
+from medqlora.runs import read_metrics
 
 LIMITATIONS = """## Intended use and limitations
 
@@ -37,6 +37,30 @@ def _final_metrics(path: Path) -> dict[str, float]:
     return {key: values[-1][1] for key, values in series.items() if key.startswith(("val/", "train/"))}
 
 
+def duration(seconds: float) -> str:
+    """'14 s', '3 min 20 s', '2 h 05 min': readable at any length."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def progress_line(state: dict | None) -> str | None:
+    """What the card says of how far training was when this adapter was written (None: not recorded)."""
+    if not state:
+        return None
+    step, total = state.get("step"), state.get("total_steps")
+    if state.get("kind") == "best":
+        return f"This is the adapter with the lowest validation loss, from optimizer step {step} of {total}."
+    if step is not None and total is not None and step < total:
+        return (f"**Training did not finish**: this adapter was written at optimizer step {step} of {total} "
+                "(the run was interrupted or stopped early). Resume it with `medqlora fit ... --ckpt_path "
+                "<run>/checkpoints/interrupted.ckpt` (or `last.ckpt`).")
+    return f"Written at the end of training, after all {total} optimizer steps."
+
+
 def _callback_args(config: dict, name: str) -> dict:
     for callback in config.get("trainer", {}).get("callbacks") or []:
         if isinstance(callback, dict) and callback.get("class_path", "").endswith(name):
@@ -52,11 +76,13 @@ def render(run_dir: Path, adapter_dir: Path) -> str:
     results = _read(run_dir / f"eval-{adapter_dir.name}" / "eval.json", json.loads)
     metrics = _final_metrics(run_dir / "metrics.csv")
     adapter_config = _read(adapter_dir / "adapter_config.json", json.loads) or {}
+    state = _read(adapter_dir / "training_state.json", json.loads)
     model, data_cfg, trainer = config.get("model", {}), config.get("data", {}), config.get("trainer", {})
     lora, quant = model.get("lora", {}), model.get("quantization", {})
     base = adapter_config.get("base_model_name_or_path", model.get("name_or_path"))
     out = [f"# {model.get('name_or_path')} + medqlora LoRA adapter", "",
            f"A LoRA adapter for `{model.get('name_or_path')}`, trained by medqlora on a medical mix.", "",
+           *([line, ""] if (line := progress_line(state)) else []),
            "## Base model and adapter", "",
            f"- base: `{model.get('name_or_path')}`, {quant.get('quant_type')} 4-bit "
            f"(double quant {quant.get('double_quant')}, compute {quant.get('compute_dtype')})",
@@ -79,7 +105,7 @@ def render(run_dir: Path, adapter_dir: Path) -> str:
             f"| epochs / max steps | {trainer.get('max_epochs')} / {trainer.get('max_steps')} |",
             f"| precision | {trainer.get('precision')} |", f"| seed | {config.get('seed_everything')} |", "",
             f"Hardware: {memory.get('device_name', memory.get('device'))}; peak memory "
-            f"{memory.get('peak_gib', float('nan')):.2f} GiB; wall time {memory.get('wall_time_s', 0) / 3600:.2f} h.",
+            f"{memory.get('peak_gib', float('nan')):.2f} GiB; wall time {duration(memory.get('wall_time_s', 0))}.",
             ""]
     if "val/loss" in metrics:
         out += [f"Validation: eval loss {metrics['val/loss']:.4f}, next-token accuracy on assistant tokens "

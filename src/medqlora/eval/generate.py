@@ -14,16 +14,27 @@ def strip_thoughts(text: str) -> str:
     return text.rsplit(THOUGHT_CLOSE, 1)[-1].strip()
 
 
+def check_fits(prompts: list[list[int]], max_new_tokens: int, positions: int) -> None:
+    """Refuse a prompt that, with the answer's room, exceeds the model's positions (it would be answered
+    from garbage positions, not cut)."""
+    for number, ids in enumerate(prompts, 1):
+        if len(ids) + max_new_tokens > positions:
+            raise ValueError(f"prompt {number} is {len(ids):,} tokens; with --max-new-tokens {max_new_tokens} that "
+                             f"exceeds the model's {positions:,} positions: shorten the prompt or lower "
+                             "--max-new-tokens")
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], *, thinking: bool = False, max_new_tokens: int = 512,
              batch_size: int = 8, desc: str = "generating") -> list[str]:
     """Greedy answers to user `prompts`, one per prompt, special tokens and thought channel removed."""
     device = next(p for p in model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    encoded = [prompt_ids(tokenizer, p, thinking) for p in prompts]
+    check_fits(encoded, max_new_tokens, model.config.get_text_config().max_position_embeddings)
     answers = []
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch"):
-        ids, mask = left_pad([prompt_ids(tokenizer, p, thinking) for p in prompts[start:start + batch_size]],
-                             tokenizer, device)
+        ids, mask = left_pad(encoded[start:start + batch_size], tokenizer, device)
         width = ids.shape[1]
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                              pad_token_id=pad)

@@ -12,13 +12,26 @@ from medqlora.eval.items import DEFAULT_BENCHMARKS, BenchmarkSpec, load_items
 from medqlora.io import atomic_directory, atomic_write_text
 from medqlora.model.loading import QuantSpec, load_base_model, load_tokenizer, resolve_name_or_path
 
+WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def check_adapter_dir(adapter_dir: str | Path) -> Path:
+    """`adapter_dir` if it holds a whole PEFT adapter (config and weights); else one line saying what is missing."""
+    directory = Path(adapter_dir)
+    hint = "pass the adapter directory a run wrote (runs/<name>/<version>/adapter)"
+    if not directory.is_dir():
+        raise FileNotFoundError(f"adapter {directory} is not a directory; {hint}")
+    if not (directory / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"adapter {directory} has no adapter_config.json; {hint}")
+    if not any((directory / name).is_file() for name in WEIGHT_FILES):
+        raise FileNotFoundError(f"adapter {directory} has no weights file ({' or '.join(WEIGHT_FILES)}): it was "
+                                f"not written whole; {hint}")
+    return directory
+
 
 def adapter_base(adapter_dir: str | Path) -> str:
     """The base model an adapter was trained on, from its adapter_config.json."""
-    config = Path(adapter_dir) / "adapter_config.json"
-    if not config.is_file():
-        raise FileNotFoundError(f"{adapter_dir}: no adapter_config.json; pass the adapter directory a run wrote "
-                                "(runs/<name>/<version>/adapter)")
+    config = check_adapter_dir(adapter_dir) / "adapter_config.json"
     return json.loads(config.read_text())["base_model_name_or_path"]
 
 

@@ -137,4 +137,21 @@ def load_base_model(name_or_path: str, quant: QuantSpec, device: torch.device, *
         remove_hook_from_module(model, recurse=True)  # weights stay where the device map put them
     if ple_on_host:
         move_ple_to_host(model, quant.dtype)
+    keep_4bit_layout(model)
     return model
+
+
+def keep_4bit_layout(model: torch.nn.Module) -> int:
+    """Switch off bitsandbytes' packed CPU layout on every 4-bit linear; returns how many were switched.
+
+    On CPUs with AVX512-BF16, bitsandbytes >= 0.50 repacks a `Linear4bit`'s weight in place the first time it
+    runs in eval mode without grad (validation, generation), and asserts that its output size is a multiple
+    of 32. Training after that runs on weights requantised from the packed copy, so train -> validate -> train
+    would differ from a CPU without the feature. Keeping one layout everywhere makes every CPU compute the same.
+    """
+    switched = 0
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            switched += 1
+    return switched

@@ -106,7 +106,7 @@ class QLoRAModule(L.LightningModule):
         self.max_positions = text.max_position_embeddings
         self.model = None
         self.strict_loading = False  # checkpoints hold the adapter only
-        for split in ("train", "val"):
+        for split in ("train", "val", "test"):
             setattr(self, f"{split}_acc", MulticlassAccuracy(num_classes=text.vocab_size, average="micro",
                                                                  validate_args=False))
             setattr(self, f"{split}_loss", MeanMetric())
@@ -194,8 +194,8 @@ class QLoRAModule(L.LightningModule):
         self._shared_step(batch, "val")
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        """Same as validation, logged under val/."""
-        self._shared_step(batch, "val")
+        """Same as validation, logged under test/."""
+        self._shared_step(batch, "test")
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         """Per batch: mean loss, and the predicted vs target token at every supervised position."""
@@ -235,15 +235,26 @@ class QLoRAModule(L.LightningModule):
         return {k.removeprefix("model."): v for k, v in full.items()}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Keep the adapter only (the frozen 4-bit base is reloaded from `name_or_path` on resume) and the
-        random generators, so dropout after a resume draws what it would have drawn."""
+        """Keep the adapter only (the frozen 4-bit base is reloaded from `name_or_path` on resume), the random
+        generators (so dropout after a resume draws what it would have drawn) and the run directory's version."""
         names = self.trainable_names()  # the strategy already gathered the state dict (full under FSDP)
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in names}
         checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "python": random.getstate(),
                                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+        # the run directory a resume continues (medqlora.cli names it from this)
+        checkpoint["run_version"] = str(self.logger.version) if self.logger is not None else None
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Restore the random generators saved with the checkpoint."""
+        """Restore the random generators saved with the checkpoint, and the loop's logging step."""
+        fit_loop = checkpoint.get("loops", {}).get("fit_loop", {})
+        loop, progress = fit_loop.get("epoch_loop.state_dict"), fit_loop.get("epoch_loop.batch_progress")
+        if loop is not None and progress is not None and "global_step" in checkpoint:
+            # Lightning counts a step for logging only after its validation, and on restart adds the missing one
+            # back only for checkpoints saved at a train-batch end; one saved at a mid-epoch validation would make
+            # the resumed run log every row a step early (and overwrite the earlier rows of metrics.csv)
+            total = progress["total"]
+            lightning_adds_one = total["completed"] == total["processed"] - 1
+            loop["_batches_that_stepped"] = checkpoint["global_step"] - int(lightning_adds_one)
         states = checkpoint.get("rng_states")
         if states:
             torch.set_rng_state(states["torch"])

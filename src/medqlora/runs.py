@@ -1,0 +1,70 @@
+"""The run directory's files: where a run writes, reading its metrics.csv, and continuing it after a resume.
+
+`runs/<config name>/<version>/` holds one run, resumed or not: a resumed fit writes into the directory of the
+run it continues (its checkpoints record the version), so metrics, curves and wall time stay whole.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
+
+from medqlora.io import atomic_write_text
+
+METRICS_FILE = "metrics.csv"
+
+
+def read_metrics(metrics_csv: Path) -> dict[str, list[tuple[int, float]]]:
+    """Column -> [(optimizer step, value)] for every non-empty cell of a Lightning CSVLogger file."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    with open(metrics_csv, newline="") as f:
+        for row in csv.DictReader(f):
+            step = int(float(row.get("step") or 0))
+            for key, value in row.items():
+                if key not in ("step", "epoch") and value not in ("", None):
+                    series.setdefault(key, []).append((step, float(value)))
+    return series
+
+
+class _ContinuingWriter(ExperimentWriter):
+    """Lightning's CSV writer deletes an existing metrics.csv; this one keeps the rows an interrupted run logged
+    before the step the resumed run starts logging at, and drops the later ones (the resumed run redoes them)."""
+
+    def _check_log_dir_exists(self) -> None:
+        self._carried: list[dict] | None = None
+        if os.path.isfile(self.metrics_file_path):
+            with open(self.metrics_file_path, newline="") as f:
+                self._carried = list(csv.DictReader(f))
+
+    def save(self) -> None:
+        if self._carried is None or not self.metrics:
+            return super().save()
+        first_new = min(int(m["step"]) for m in self.metrics)
+        rows = [r for r in self._carried if int(float(r.get("step") or 0)) < first_new] + self.metrics
+        self._carried = None
+        self.metrics_keys = sorted({key for row in rows for key in row})
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=self.metrics_keys)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(Path(self.metrics_file_path), text.getvalue())
+        self.metrics = []
+
+
+class RunCSVLogger(CSVLogger):
+    """Lightning's `CSVLogger`, except that a resumed run continues its run directory's metrics.csv."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        """The writer (made on first use, as in `CSVLogger`)."""
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _ContinuingWriter(log_dir=self.log_dir)
+        return self._experiment
