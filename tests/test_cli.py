@@ -190,3 +190,26 @@ def test_evaluation_subcommands_write_no_adapter_and_name_their_folder(tmp_path,
         header = (made[0] / "metrics.csv").read_text().splitlines()[0].split(",")
         assert f"{prefix}/loss" in header and f"{prefix}/acc" in header
         assert not any(h.startswith("val/") for h in header) or prefix == "val"
+
+
+def test_the_recipe_runs_on_local_files_with_the_shipped_overlay(tmp_path, monkeypatch):
+    """configs/local-files.yaml over the recipe: each path replaces its source's hub id (no `hub_id: null` needed)."""
+    monkeypatch.chdir(tmp_path)
+    samples = REPO / "src" / "medqlora" / "data" / "samples"
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("medqa", "o1", "alpacare"):
+        (data / f"{name}.jsonl").write_text((samples / f"{name}.jsonl").read_text())
+    leaked = json.loads((samples / "alpacare.jsonl").read_text().splitlines()[0])["instruction"]
+    (data / "medqa-usmle-test.jsonl").write_text(json.dumps({"question": "Not in the training rows at all?"}) + "\n")
+    (data / "pubmedqa-labeled.jsonl").write_text(json.dumps({"question": leaked}) + "\n")
+    cli = run(["fit", "--config", str(REPO / "configs" / "gemma4-e2b-medical.yaml"),
+               "--config", str(REPO / "configs" / "local-files.yaml"), "--model.name_or_path", "tiny",
+               "--trainer.accelerator", "cpu", "--data.sample_policy", "all", "--data.num_workers", "0",
+               "--trainer.max_steps", "1", "--trainer.val_check_interval", "1.0", "--trainer.logger", "false"])
+    assert cli.trainer.global_step == 1
+    sources = cli.datamodule.card.content["sources"]
+    assert {name: s["location"] for name, s in sources.items()} == {
+        name: str((data / f"{name}.jsonl").resolve()) for name in ("medqa", "o1", "alpacare")}
+    assert sources["alpacare"]["removed"].get("eval_contamination") == 1
+    assert all(s["train_rows"] > 0 for s in sources.values())

@@ -51,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--medqa", help="hub id or local file (default GBaker/MedQA-USMLE-4-options, test)")
     ev.add_argument("--pubmedqa", help="hub id or local file (default qiaojin/PubMedQA pqa_labeled)")
     ev.add_argument("--limit", type=_positive, help="score only the first N rows of each benchmark")
+    ev.add_argument("--medqa-prompt", choices=("training", "letter"), default="training",
+                    help="training: ask MedQA as the training rows render it (default); letter: ask for the letter")
     ev.add_argument("--no-keypoints", action="store_true", help="skip the 54 key-point prompts")
     ev.add_argument("--batch-size", type=_positive, default=8)
     ev.add_argument("--max-new-tokens", type=_positive, default=512, help="key-point answers")
@@ -139,14 +141,15 @@ def _eval(args: argparse.Namespace) -> None:
     from medqlora.eval.run import run_eval
 
     medqa, pubmedqa = DEFAULT_BENCHMARKS
-    specs = [replace(_source(args.medqa, medqa), limit=args.limit),
+    specs = [replace(_source(args.medqa, medqa), limit=args.limit, prompt=args.medqa_prompt),
              replace(_source(args.pubmedqa, pubmedqa), limit=args.limit)]
     out = args.out or args.adapter.parent / f"eval-{args.adapter.name}"
     results = run_eval(args.adapter, out, specs, not args.no_keypoints, args.batch_size, args.max_new_tokens,
                        args.base)
     for b in results["benchmarks"]:
         low, high = b["delta_ci95_pp"]
-        print(f"{b['benchmark']}: base {b['base_accuracy']:.1f}% adapter {b['adapter_accuracy']:.1f}% "
+        print(f"{b['benchmark']}: base {b['base_accuracy_norm']:.1f}% adapter {b['adapter_accuracy_norm']:.1f}% "
+              f"(length-normalised; raw {b['base_accuracy']:.1f}% / {b['adapter_accuracy']:.1f}%) "
               f"delta {b['delta_pp']:+.1f} pp [{low:+.1f}, {high:+.1f}] over {b['items']} items")
     if results["keypoints"]:
         kp = results["keypoints"]

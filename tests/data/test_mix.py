@@ -90,7 +90,7 @@ def test_unreadable_file_names_the_source(tmp_path):
     path = tmp_path / "broken.jsonl"
     path.write_text("{not json\n")
     spec = SourceSpec(name="broken", format="instruction", path=str(path))
-    with pytest.raises(RuntimeError, match="source 'broken': could not read"):
+    with pytest.raises(ValueError, match=r"source 'broken': .*broken.jsonl line 1: not valid JSON"):
         build_mix([spec], seed=0, val_fraction=0.1, reasoning="thinking")
 
 
@@ -112,3 +112,53 @@ def test_local_files_of_every_supported_format_load_through_datasets(tmp_path, s
     mix = build_mix([spec], seed=0, val_fraction=0.1, reasoning="thinking")
     assert mix.stats["local"]["loaded"] == 10 and mix.stats["local"]["available"] == 10
     assert sorted([*mix.train["user"], *mix.val["user"]]) == sorted(r["instruction"] for r in rows)
+
+
+def test_a_short_benchmark_question_anywhere_in_a_row_is_removed(tmp_path):
+    rows = [
+        {"instruction": "Is halofantrine ototoxic? Explain.", "input": "<noinput>", "output": "a"},  # leads
+        {"instruction": "Explain whether Is halofantrine ototoxic holds", "input": "", "output": "b"},  # inside
+        {"instruction": "A drug question.", "input": "", "output": "As asked: is halofantrine ototoxic? No."},
+        {"instruction": "Is halofantrine ototoxicity common?", "input": "", "output": "c"},  # not the question
+        {"instruction": "Is warfarin safe?", "input": "", "output": "d"},
+    ]
+    spec = SourceSpec(name="rows", format="instruction", path=str(write_jsonl(tmp_path / "r.jsonl", rows)))
+    questions = [{"question": "Is halofantrine ototoxic?"},
+                 {"question": "A long benchmark question that has many more than eight words in it?"}]
+    eval_set = EvalQuestions(name="pubmedqa", path=str(write_jsonl(tmp_path / "q.jsonl", questions)))
+    mix = build_mix([spec], seed=0, val_fraction=0.0, reasoning="thinking", decontaminate=[eval_set])
+    assert mix.stats["rows"]["removed"] == {"eval_contamination": 3}
+    assert sorted(mix.train["user"]) == ["Is halofantrine ototoxicity common?", "Is warfarin safe?"]
+
+
+def test_an_eval_set_path_replaces_its_hub_id(tmp_path):
+    path = write_jsonl(tmp_path / "q.jsonl", [{"question": "q"}])
+    layered = EvalQuestions(name="e", hub_id="GBaker/MedQA-USMLE-4-options", path=str(path))
+    assert layered.hub_id is None and layered.path == str(path.resolve())
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("write, message", [
+    (lambda p: p.write_text("".join(json.dumps({"instruction": f"q{i}?", "input": "", "output": "a"}) + "\n"
+                                    if i != 19 else '{"instruction": "q19?", "inp\n' for i in range(40))),
+     r"r.jsonl line 20: not valid JSON .*; fix or remove that line"),
+    (lambda p: p.write_text(""), r"r.jsonl is empty"),
+    (lambda p: p.write_bytes(b'{"instruction": "q?", "input": "", "output": "caf\xe9"}\n' * 3),
+     r"r.jsonl line 1: byte 0xe9 is not UTF-8; re-save the file as UTF-8"),
+], ids=["truncated-line", "empty", "not-utf8"])
+def test_a_bad_file_is_named_with_its_line_and_fix(tmp_path, write, message):
+    path = tmp_path / "r.jsonl"
+    write(path)
+    spec = SourceSpec(name="alpacare", format="instruction", path=str(path))
+    with pytest.raises(ValueError, match=r"^source 'alpacare': .*" + message) as err:
+        build_mix([spec], seed=0, val_fraction=0.1, reasoning="thinking")
+    assert "login" not in str(err.value)  # no hub was asked
+
+
+@pytest.mark.faults
+def test_a_semicolon_csv_is_named(tmp_path):
+    path = tmp_path / "rows.csv"
+    path.write_text("instruction;input;output\nq?;;a\n")
+    spec = SourceSpec(name="alpacare", format="instruction", path=str(path))
+    with pytest.raises(ValueError, match=r"source 'alpacare': .*rows.csv is separated by ';'.*comma-separated"):
+        build_mix([spec], seed=0, val_fraction=0.1, reasoning="thinking")

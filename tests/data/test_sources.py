@@ -79,13 +79,21 @@ def test_column_map_renames_fields(tmp_path):
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"format": "chat"}, r"format='chat' is unknown"),
-    ({"format": "instruction", "path": "x.jsonl"}, "exactly one of hub_id or path"),
     ({"format": "instruction", "target": 0}, "target=0"),
     ({"format": "instruction", "columns": {"prompt": "p"}}, r"unknown field\(s\) \['prompt'\]"),
 ])
 def test_bad_specs_name_the_field(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SourceSpec(name="s", hub_id="org/data", **kwargs)
+
+
+def test_a_local_path_replaces_the_hub_id_and_one_of_them_is_needed(tmp_path):
+    good = write_jsonl(tmp_path / "rows.jsonl", [{"instruction": "a", "input": "", "output": "b"}])
+    layered = SourceSpec(name="s", format="instruction", hub_id="org/data", config="en", path=str(good))
+    assert (layered.hub_id, layered.config, layered.path) == (None, None, str(good.resolve()))
+    assert layered.location == str(good.resolve())
+    with pytest.raises(ValueError, match=r"source 's': give hub_id \(a hub dataset\) or path \(a local file\)"):
+        SourceSpec(name="s", format="instruction")
 
 
 def test_local_path_must_exist_and_have_a_known_suffix(tmp_path):

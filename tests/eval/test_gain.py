@@ -34,7 +34,8 @@ from medqlora.model.module import QLoRAModule
 def trained(tmp_path_factory, tokenizer) -> tuple[Path, BenchmarkSpec]:
     """An adapter trained on the synthetic task, saved as a run would, and the held-out benchmark spec."""
     tmp = tmp_path_factory.mktemp("gain")
-    train = load_items(BenchmarkSpec("train", "medqa", path=str(write_jsonl(tmp / "train.jsonl", medqa_rows(128, 1)))))
+    train_rows = write_jsonl(tmp / "train.jsonl", medqa_rows(128, 1))
+    train = load_items(BenchmarkSpec(name="train", kind="medqa", path=str(train_rows)))
     rows = []
     for item in train:
         encoded = encode(Conversation(user=item.user, answer=item.choices[item.gold]), tokenizer, 256)
@@ -46,7 +47,8 @@ def trained(tmp_path_factory, tokenizer) -> tuple[Path, BenchmarkSpec]:
     L.Trainer(accelerator="cpu", max_steps=30, logger=False, enable_checkpointing=False, enable_progress_bar=False,
               enable_model_summary=False).fit(module, loader)
     adapter = save_adapter(module, tmp / "run" / "adapter")
-    held_out = BenchmarkSpec("synthetic", "medqa", path=str(write_jsonl(tmp / "test.jsonl", medqa_rows(40, 2))))
+    held_out = BenchmarkSpec(name="synthetic", kind="medqa", 
+                             path=str(write_jsonl(tmp / "test.jsonl", medqa_rows(40, 2))))
     return adapter, held_out
 
 
@@ -97,7 +99,9 @@ def test_model_card_holds_the_numbers_the_run_produced(tmp_path, monkeypatch):
     memory = json.loads((run_dir / "memory.json").read_text())
     data = json.loads((run_dir / "data_card.json").read_text())
     for bench in results["benchmarks"]:
-        assert f"| {bench['base_accuracy']:.1f} | {bench['adapter_accuracy']:.1f} | {bench['delta_pp']:+.1f} |" in card
+        base = f"{bench['base_accuracy']:.1f} ({bench['base_accuracy_norm']:.1f})"
+        tuned = f"{bench['adapter_accuracy']:.1f} ({bench['adapter_accuracy_norm']:.1f})"
+        assert f"| {base} | {tuned} | {bench['delta_pp']:+.1f} |" in card
     assert f"| **average** | {results['keypoints']['base']['average']:.1f} |" in card
     assert f"peak memory {memory['peak_gib']:.2f} GiB" in card
     for name, source in data["sources"].items():

@@ -14,13 +14,18 @@ from medqlora.eval.scoring import bootstrap_delta_pp, compare
 
 
 def test_items_read_the_benchmarks_columns(tmp_path):
-    medqa = load_items(BenchmarkSpec("medqa", "medqa", path=str(write_jsonl(tmp_path / "m.jsonl", medqa_rows(6)))))
+    path = str(write_jsonl(tmp_path / "m.jsonl", medqa_rows(6)))
+    medqa = load_items(BenchmarkSpec(name="medqa", kind="medqa", path=path))
     row = medqa_rows(6)[0]
-    assert len(medqa) == 6 and medqa[0].choices == ("A", "B", "C", "D")
-    assert medqa[0].choices[medqa[0].gold] == row["answer_idx"]
-    assert row["options"]["A"] in medqa[0].user and row["question"] in medqa[0].user
-    pub = load_items(BenchmarkSpec("pubmedqa", "pubmedqa", path=str(write_jsonl(tmp_path / "p.jsonl",
-                                                                                  pubmedqa_rows(5))), limit=3))
+    assert len(medqa) == 6 and medqa[0].choices == ("A:", "B:", "C:", "D:")
+    assert medqa[0].choices[medqa[0].gold] == f"{row['answer_idx']}:"
+    assert medqa[0].user.startswith("Please answer with one of the option in the bracket\n\n")
+    assert f"A. {row['options']['A']}" in medqa[0].user and row["question"] in medqa[0].user
+    letters = load_items(BenchmarkSpec(name="medqa", kind="medqa", path=path, prompt="letter"))
+    assert letters[0].choices == ("A", "B", "C", "D") and letters[0].choices[letters[0].gold] == row["answer_idx"]
+    assert letters[0].user.endswith("Answer with the letter of the correct option.")
+    pub = load_items(BenchmarkSpec(name="pubmedqa", kind="pubmedqa", limit=3,
+                                   path=str(write_jsonl(tmp_path / "p.jsonl", pubmedqa_rows(5)))))
     assert len(pub) == 3 and pub[0].choices == ("yes", "no", "maybe")
     assert "Outcomes improved." in pub[0].user and pub[0].id == "pubmedqa-1000"
 
@@ -28,7 +33,7 @@ def test_items_read_the_benchmarks_columns(tmp_path):
 def test_a_row_missing_a_column_names_benchmark_row_and_column(tmp_path):
     rows = medqa_rows(2)
     del rows[1]["answer_idx"]
-    spec = BenchmarkSpec("medqa", "medqa", path=str(write_jsonl(tmp_path / "m.jsonl", rows)))
+    spec = BenchmarkSpec(name="medqa", kind="medqa", path=str(write_jsonl(tmp_path / "m.jsonl", rows)))
     with pytest.raises(ValueError, match=r"'medqa' row 1: column 'answer_idx' is missing"):
         load_items(spec)
 
@@ -69,3 +74,35 @@ def test_bootstrap_interval_brackets_the_observed_delta_and_shrinks_with_more_it
     assert small[0] < 25 < small[1] and large[0] < 25 < large[1]
     assert large[1] - large[0] < small[1] - small[0]
     assert bootstrap_delta_pp([True, False], [True, False]) == (0.0, 0.0)
+
+
+def test_medqa_is_asked_exactly_as_training_renders_it_with_the_artefacts_cleaned_once(tmp_path):
+    from medqlora.data.sources import SourceSpec, to_conversation
+
+    options = {"A": "Colchicine", "B": 'Allopurinol\n"', "C": "Febuxostat", "D": "Probenecid"}
+    training_row = {"instruction": "Please answer with one of the option in the bracket",
+                    "input": f"Q:What treats acute gout?? {options!r},", "output": "A: Colchicine"}
+    source = SourceSpec(name="medqa", format="medqa_options", path=str(write_jsonl(tmp_path / "t.jsonl", [{}])))
+    trained = to_conversation(training_row, source, "thinking")
+    benchmark_row = {"question": "What treats acute gout??", "options": options, "answer_idx": "A",
+                     "answer": "Colchicine", "meta_info": "step1", "metamap_phrases": []}
+    item = load_items(BenchmarkSpec(name="medqa", kind="medqa",
+                                    path=str(write_jsonl(tmp_path / "b.jsonl", [benchmark_row]))))[0]
+    assert item.user == trained.user
+    assert "??" not in item.user and '"' not in item.user and "B. Allopurinol\nC." in item.user
+    assert trained.answer.startswith(item.choices[item.gold])  # the scored opening of the trained answer
+
+
+def test_each_answer_opening_is_scored_with_the_tokens_training_used(tokenizer):
+    for letter in "ABCD":
+        opening = tokenizer(f"{letter}:", add_special_tokens=False)["input_ids"]
+        answer = tokenizer(f"{letter}: Colchicine<turn|>", add_special_tokens=False)["input_ids"]
+        assert answer[:len(opening)] == opening
+
+
+def test_length_normalised_accuracy_stops_a_short_answer_winning_by_length():
+    from medqlora.eval.scoring import predictions
+
+    # "no" has the highest sum only because it is short; per character "maybe" is the most likely
+    assert predictions([-3.0, -1.5, -2.0], ("yes", "no", "maybe")) == (1, 2)
+    assert predictions([-1.0, -1.5, -2.0], ("yes", "no", "maybe")) == (0, 0)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medqlora.data.chat import IGNORE_INDEX
 from medqlora.data.collate import LengthGroupedBatchSampler, PackingBatchSampler
 from medqlora.io import atomic_write_text
 
@@ -31,14 +32,16 @@ class DataCard:
     def from_run(cls, dm, mix, train_drops: dict, val_drops: dict) -> DataCard:
         """Summarise a built MedicalMixDataModule (its splits, settings and the mix statistics)."""
         sources = {}
+        val_sources = dm.val_set["source"]
         for name, stats in mix.stats.items():
             rows = dm.train_set.filter(lambda r, n=name: r["source"] == n)
             lengths = np.array(rows["length"] or [0])
-            supervised = sum(sum(1 for t in labels if t != -100) for labels in rows["labels"])
+            supervised = sum(sum(1 for t in labels if t != IGNORE_INDEX) for labels in rows["labels"])
+            drawn = {"drawn_train": stats["train"], "drawn_val": stats["val"]}  # before tokenising
             sources[name] = {
-                **stats,
+                **{k: v for k, v in stats.items() if k not in ("train", "val")}, **drawn,
                 "removed_after_tokenising": {"train": train_drops.get(name, {}), "val": val_drops.get(name, {})},
-                "train_rows": len(rows),
+                "train_rows": len(rows), "val_rows": val_sources.count(name),  # what is trained and validated on
                 "token_length_percentiles": {f"p{p}": int(np.percentile(lengths, p)) for p in (5, 50, 95, 100)},
                 "supervised_token_share": round(supervised / max(1, int(lengths.sum())), 4),
             }
@@ -71,16 +74,17 @@ class DataCard:
                  f"Rows: {c['totals']['train']} train / {c['totals']['val']} validation; the model card's "
                  f"recipe: {c['recipe_target']['train']} / {c['recipe_target']['val']} "
                  f"(difference {c['recipe_gap']['train']:+d} / {c['recipe_gap']['val']:+d}).", "",
-                 "| source | location | licence | loaded | removed | available | target | train | val | "
+                 "| source | location | licence | loaded | removed | target | train rows | val rows | "
                  "upsampled | p50 / p95 tokens | supervised share |",
-                 "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                 "|---|---|---|---|---|---|---|---|---|---|---|"]
         for name, s in c["sources"].items():
-            removed = {**s["removed"], **{f"{k} (tokens)": v for k, v in
-                                          s["removed_after_tokenising"]["train"].items()}}
+            after = s["removed_after_tokenising"]
+            removed = {**s["removed"], **{f"{k} (tokens)": after["train"].get(k, 0) + after["val"].get(k, 0)
+                                          for k in {**after["train"], **after["val"]}}}
             removed_text = ", ".join(f"{k} {v}" for k, v in removed.items()) or "none"
             p = s["token_length_percentiles"]
             lines.append(f"| {name} | `{s['location']}` | {s['license']} | {s['loaded']} | {removed_text} | "
-                         f"{s['available']} | {s['target']} | {s['train']} | {s['val']} | {s['upsampled']} | "
+                         f"{s['target']} | {s['train_rows']} | {s['val_rows']} | {s['upsampled']} | "
                          f"{p['p50']} / {p['p95']} | {s['supervised_token_share']:.1%} |")
         lines += ["", "Padding ratio (share of tensor slots holding no token):", ""]
         lines += [f"- {k}: {v:.1%}" for k, v in c["padding_ratio"].items()]
@@ -90,3 +94,35 @@ class DataCard:
         """Write data_card.json and data_card.md into `directory` (atomically)."""
         atomic_write_text(directory / "data_card.json", json.dumps(self.content, indent=2))
         atomic_write_text(directory / "data_card.md", self.markdown())
+
+
+FIXES = {
+    "too_long": "raise data.max_length (now {max_length}) or set data.truncation: truncate",
+    "no_supervised_tokens": "raise data.max_length (now {max_length}): the prompt fills it",
+    "duplicate": "the source repeats its own rows or another source's",
+    "eval_contamination": "it overlaps an evaluation set (data.decontaminate)",
+    "bad_options": "check that `input` holds 'Q: question {options}'",
+}
+DEFAULT_FIX = "check the source's `columns:` map and its rows"
+
+
+def source_losses(content: dict, required: dict[str, bool]) -> tuple[list[str], list[str]]:
+    """(warnings, errors) from a data card: a warning for each source that loses more than half of the rows
+    entering a stage (converting and cleaning; tokenising) to one reason; an error for each required source
+    left with no training row."""
+    warnings, errors = [], []
+    for name, s in content["sources"].items():
+        after = s["removed_after_tokenising"]
+        tokenised = {k: after["train"].get(k, 0) + after["val"].get(k, 0) for k in {**after["train"], **after["val"]}}
+        stages = [(s["loaded"], s["removed"]), (s["drawn_train"] + s["drawn_val"], tokenised)]
+        for entering, reasons in stages:
+            for reason, count in reasons.items():
+                if entering and count > entering / 2:
+                    fix = FIXES.get(reason, DEFAULT_FIX).format(max_length=content["max_length"])
+                    warnings.append(f"source {name!r}: {count} of {entering} rows ({count / entering:.0%}) removed as "
+                                    f"{reason}; {fix}")
+        if s["train_rows"] == 0 and required.get(name, True):
+            why = "; ".join(warnings[-2:]) if warnings else "no row survived"
+            errors.append(f"source {name!r} has no training row left ({why}). Fix it, or set `required: false` on "
+                          "the source to train without it")
+    return warnings, errors

@@ -13,9 +13,10 @@ from pathlib import Path
 import lightning as L
 import torch
 from datasets import Dataset
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
-from medqlora.data.card import DataCard
+from medqlora.data.card import DataCard, source_losses
 from medqlora.data.chat import Truncation, encode
 from medqlora.data.collate import (
     Collator,
@@ -114,6 +115,11 @@ class MedicalMixDataModule(L.LightningDataModule):
         self.train_set, train_drops = self._encode(mix.train, "train")
         self.val_set, val_drops = self._encode(mix.val, "val")
         self.card = DataCard.from_run(self, mix, train_drops, val_drops)
+        warnings, errors = source_losses(self.card.content, {s.name: s.required for s in self.sources})
+        for warning in warnings:
+            rank_zero_warn(f"medqlora data: {warning}")
+        if errors:
+            raise ValueError(" ".join(errors))
 
     def _encode(self, convs: Dataset, split: str) -> tuple[Dataset, dict[str, dict[str, int]]]:
         tokenizer, max_length, truncation = self.tokenizer, self.max_length, self.truncation

@@ -10,11 +10,15 @@ import ast
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
+
+from medqlora.data.location import Location
 
 Format = Literal["medqa_options", "instruction", "reasoning"]
 ReasoningMode = Literal["thinking", "inline", "drop"]
+
+MEDQA_INSTRUCTION = "Please answer with one of the option in the bracket"
+"""medalpaca's instruction on every MedQA row (medical_meadow_medqa); evaluation asks MedQA with it too."""
 
 PLACEHOLDER_INPUTS = frozenset({"", "<noinput>", "<no input>", "none", "n/a", "noinput"})
 """`input` values that mean "no input" (AlpaCare writes `<noinput>` in ~35% of rows)."""
@@ -29,7 +33,6 @@ DEFAULT_COLUMNS: dict[str, dict[str, str]] = {
     "instruction": {"instruction": "instruction", "input": "input", "output": "output"},
     "reasoning": {"question": "Question", "reasoning": "Complex_CoT", "response": "Response"},
 }
-LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
 class RowError(ValueError):
@@ -50,39 +53,33 @@ class Conversation:
     system: str | None = None
 
 
-@dataclass
-class SourceSpec:
-    """One data source of the mix.
+@dataclass(kw_only=True)
+class SourceSpec(Location):
+    """One data source of the mix: where its rows are (`Location`: hub_id or path, config, split) and how a row
+    becomes a conversation.
 
     Args:
         name: short unique name (used in the data card and in row ids).
-        hub_id: dataset id on the Hugging Face hub; or leave empty and give `path`.
-        path: a local .json/.jsonl/.parquet/.csv file (or a directory of them) with the same columns.
-        config: hub dataset configuration name.
-        split: split to read.
         format: how a row becomes a conversation: one of `medqa_options`, `instruction`, `reasoning`.
         columns: map from the format's fields to this source's column names (defaults per format).
         target: rows to draw for the mix (None = all rows).
         license: licence string written to the data card.
+        required: a source that ends with no training row is an error (set false to allow it).
     """
 
     name: str
     format: Format
-    hub_id: str | None = None
-    path: str | None = None
-    config: str | None = None
-    split: str = "train"
     columns: dict[str, str] = field(default_factory=dict)
     target: int | None = None
     license: str = "unknown"
+    required: bool = True
+    label: ClassVar[str] = "source"
 
     def __post_init__(self) -> None:
         if self.format not in REQUIRED_FIELDS:
             raise ValueError(f"source {self.name!r}: format={self.format!r} is unknown; "
                              f"use one of {sorted(REQUIRED_FIELDS)}")
-        if bool(self.hub_id) == bool(self.path):
-            raise ValueError(f"source {self.name!r}: give exactly one of hub_id or path "
-                             f"(got hub_id={self.hub_id!r}, path={self.path!r})")
+        super().__post_init__()
         if self.target is not None and self.target <= 0:
             raise ValueError(f"source {self.name!r}: target={self.target} must be a positive row count or null")
         self.columns = {**DEFAULT_COLUMNS[self.format], **self.columns}
@@ -90,22 +87,16 @@ class SourceSpec:
         if unknown:
             raise ValueError(f"source {self.name!r}: columns has unknown field(s) {sorted(unknown)} for "
                              f"format {self.format!r}; fields are {list(REQUIRED_FIELDS[self.format])}")
-        if self.path:
-            resolved = Path(self.path).expanduser().resolve()
-            if not resolved.exists():
-                raise FileNotFoundError(f"source {self.name!r}: path={self.path!r} does not exist "
-                                        f"(resolved to {resolved}); fix the path or use hub_id")
-            suffix = resolved.suffix if resolved.is_file() else next(
-                (p.suffix for p in sorted(resolved.iterdir()) if p.suffix in LOCAL_BUILDERS), "")
-            if suffix not in LOCAL_BUILDERS:
-                raise ValueError(f"source {self.name!r}: path={self.path!r} is not one of "
-                                 f"{sorted(LOCAL_BUILDERS)}; convert it or point hub_id at it")
-            self.path = str(resolved)
 
-    @property
-    def location(self) -> str:
-        """Human-readable origin (hub id with config/split, or the file path)."""
-        return self.path or f"{self.hub_id}:{self.config or 'default'}/{self.split}"
+
+_DOUBLED_QUESTION_MARKS = re.compile(r"\?{2,}")
+
+
+def clean_text(text: str) -> str:
+    """Source artefacts out of MedQA text, for training rows and benchmark items alike: medalpaca's doubled "??",
+    stray line breaks and quote marks around a value (38 of the 1,273 MedQA test options), runs of spaces."""
+    text = _DOUBLED_QUESTION_MARKS.sub("?", text.replace('\n"', " ").replace("\n", " "))
+    return " ".join(text.split()).strip(' "')
 
 
 def _text(row: dict, spec: SourceSpec, fieldname: str) -> str:
@@ -138,8 +129,13 @@ def medqa_options(row: dict, spec: SourceSpec, reasoning: ReasoningMode) -> Conv
         raise RowError("bad_options", f"options are not a literal dict: {err}") from None
     if not isinstance(options, dict) or not options:
         raise RowError("bad_options", "options are not a non-empty dict")
-    lines = "\n".join(f"{key}. {value}" for key, value in options.items())
-    return Conversation(user=_join_instruction(instruction, f"{match['question']}\n{lines}"), answer=output)
+    return Conversation(user=medqa_prompt(instruction, match["question"], options), answer=clean_text(output))
+
+
+def medqa_prompt(instruction: str, question: str, options: dict) -> str:
+    """A MedQA question as training renders it: instruction, the question, then one `X. option` line each."""
+    lines = "\n".join(f"{key}. {clean_text(str(value))}" for key, value in options.items())
+    return _join_instruction(instruction, f"{clean_text(question)}\n{lines}")
 
 
 def instruction(row: dict, spec: SourceSpec, reasoning: ReasoningMode) -> Conversation:

@@ -91,7 +91,7 @@ def render(run_dir: Path, adapter_dir: Path) -> str:
     out += ["## Data", "", "| source | location | licence | train rows | val rows |", "|---|---|---|---|---|"]
     for name, source in (data.get("sources") or {}).items():
         out.append(f"| {name} | {source.get('location')} | {source.get('license')} | {source.get('train_rows')} "
-                   f"| {source.get('val')} |")
+                   f"| {source.get('val_rows')} |")
     totals = data.get("totals", {})
     out += ["", f"Total: {totals.get('train')} training and {totals.get('val')} validation rows, max length "
             f"{data.get('max_length')}, reasoning `{data.get('reasoning')}`, {data.get('layout')} batches.", ""]
@@ -112,14 +112,21 @@ def render(run_dir: Path, adapter_dir: Path) -> str:
                 f"{100 * metrics.get('val/acc', float('nan')):.2f}%.", ""]
     if results:
         out += ["## Benchmarks (base vs adapter, same harness and load)", "",
-                "| benchmark | items | base % | adapter % | delta pp | 95% CI pp |", "|---|---|---|---|---|---|"]
+                "| benchmark | prompt | items | base % (norm) | adapter % (norm) | delta pp (norm) | 95% CI pp |",
+                "|---|---|---|---|---|---|---|"]
         for b in results["benchmarks"]:
             low, high = b["delta_ci95_pp"]
             where = ", ".join(str(x) for x in (b["source"], b["split"]) if x)
             rows = f"first {b['items']}" if b.get("limit") else b["items"]
-            out.append(f"| {b['benchmark']} ({where}) | {rows} | {b['base_accuracy']:.1f} "
-                       f"| {b['adapter_accuracy']:.1f} | {b['delta_pp']:+.1f} | [{low:+.1f}, {high:+.1f}] |")
-        out += ["", "Scored by the log-likelihood of each option after the chat prompt (thinking off).", ""]
+            base_acc = f"{b['base_accuracy']:.1f} ({b['base_accuracy_norm']:.1f})"
+            tuned_acc = f"{b['adapter_accuracy']:.1f} ({b['adapter_accuracy_norm']:.1f})"
+            out.append(f"| {b['benchmark']} ({where}) | {b.get('prompt', '')} | {rows} | {base_acc} | {tuned_acc} "
+                       f"| {b['delta_pp']:+.1f} | [{low:+.1f}, {high:+.1f}] |")
+        out += ["", "Each option is scored by its log-likelihood after the Gemma 4 chat prompt (thinking off): the "
+                "first accuracy takes the highest sum, the one in brackets (norm) the highest per character of the "
+                "option (lm-evaluation-harness's acc_norm). The delta and its interval use the normalised accuracy. "
+                "Prompt `training`: MedQA asked exactly as the training rows render it, scored on how the trained "
+                "answer (`X: option`) opens (`A:` to `D:`); `letter`: asked for the letter and scored on A-D.", ""]
         kp = results.get("keypoints")
         if kp:
             out += ["## Clinical key points (hit rate %)", "", "| discipline | base | adapter |", "|---|---|---|"]

@@ -3,50 +3,56 @@
 MedQA 4-option (`GBaker/MedQA-USMLE-4-options`, test split: 1,273 rows; columns question, options {A..D},
 answer_idx) and PubMedQA (`qiaojin/PubMedQA`, `pqa_labeled`, its only split `train`: 1,000 expert-labelled rows;
 columns pubid, question, context {contexts: [...]}, final_decision yes/no/maybe). All rows are scored unless
-`limit` is set, which takes the first `limit` rows in the file's order.
+`limit` is set, which takes the first `limit` rows in the file's order. MedQA is asked, by default, exactly as
+the training rows render medalpaca's MedQA (`data.sources.medqa_prompt`, the same `clean_text`), so a base-vs-adapter
+delta measures what was learnt, not a change of format.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
+
+from medqlora.data.location import Location, load_rows
+from medqlora.data.sources import MEDQA_INSTRUCTION, clean_text, medqa_prompt
 
 Kind = Literal["medqa", "pubmedqa"]
+PromptStyle = Literal["training", "letter"]
 REQUIRED = {"medqa": ("question", "options", "answer_idx"), "pubmedqa": ("question", "context", "final_decision")}
 
 
-@dataclass
-class BenchmarkSpec:
-    """One benchmark: where its rows are and how to read them.
+@dataclass(kw_only=True)
+class BenchmarkSpec(Location):
+    """One benchmark: where its rows are (`Location`: hub_id or path, config, split) and how to ask them.
 
     Args:
         name: short name used in results and the model card.
         kind: `medqa` (lettered options) or `pubmedqa` (yes/no/maybe over an abstract).
-        hub_id: dataset id on the hub; or leave empty and give `path` (a local file with the same columns).
-        path: local .json/.jsonl/.parquet/.csv file.
-        config: hub configuration.
-        split: split to read.
+        prompt: MedQA only. `training` (default) asks as the training rows do (medalpaca's instruction, the
+            question, `X. option` lines) and scores how the trained answer (`X: option`) opens, `A:` to `D:` (the
+            same length for every option, so no option wins by being short); `letter` asks for "the letter of the
+            correct option" and scores the letters A-D.
         limit: score only the first `limit` rows (None: all).
     """
 
     name: str
     kind: Kind
-    hub_id: str | None = None
-    path: str | None = None
-    config: str | None = None
     split: str = "test"
+    prompt: PromptStyle = "training"
     limit: int | None = None
+    label: ClassVar[str] = "benchmark"
 
     def __post_init__(self) -> None:
         if self.kind not in ("medqa", "pubmedqa"):
             raise ValueError(f"benchmark {self.name!r}: kind={self.kind!r}; use 'medqa' or 'pubmedqa'")
-        if not (self.hub_id or self.path):
-            raise ValueError(f"benchmark {self.name!r}: give hub_id or path")
+        if self.prompt not in ("training", "letter"):
+            raise ValueError(f"benchmark {self.name!r}: prompt={self.prompt!r}; use 'training' or 'letter'")
+        super().__post_init__()
 
 
 DEFAULT_BENCHMARKS = [
-    BenchmarkSpec("medqa", "medqa", hub_id="GBaker/MedQA-USMLE-4-options", split="test"),
-    BenchmarkSpec("pubmedqa", "pubmedqa", hub_id="qiaojin/PubMedQA", config="pqa_labeled", split="train"),
+    BenchmarkSpec(name="medqa", kind="medqa", hub_id="GBaker/MedQA-USMLE-4-options", split="test"),
+    BenchmarkSpec(name="pubmedqa", kind="pubmedqa", hub_id="qiaojin/PubMedQA", config="pqa_labeled", split="train"),
 ]
 
 
@@ -60,15 +66,19 @@ class Item:
     gold: int
 
 
-def _medqa(row: dict, index: int) -> Item:
-    options = row["options"]
-    letters = sorted(options)
-    lines = "\n".join(f"{letter}. {options[letter]}" for letter in letters)
-    user = f"{row['question']}\n{lines}\nAnswer with the letter of the correct option."
-    return Item(f"medqa-{index}", user, tuple(letters), letters.index(row["answer_idx"]))
+def _medqa(row: dict, index: int, prompt: PromptStyle) -> Item:
+    options = {letter: clean_text(str(text)) for letter, text in sorted(row["options"].items())}
+    letters = list(options)
+    gold = letters.index(row["answer_idx"])
+    if prompt == "training":
+        user = medqa_prompt(MEDQA_INSTRUCTION, row["question"], options)
+        return Item(f"medqa-{index}", user, tuple(f"{letter}:" for letter in letters), gold)
+    lines = "\n".join(f"{letter}. {text}" for letter, text in options.items())
+    user = f"{clean_text(row['question'])}\n{lines}\nAnswer with the letter of the correct option."
+    return Item(f"medqa-{index}", user, tuple(letters), gold)
 
 
-def _pubmedqa(row: dict, index: int) -> Item:
+def _pubmedqa(row: dict, index: int, prompt: PromptStyle) -> Item:
     context = row["context"]["contexts"] if isinstance(row["context"], dict) else row["context"]
     abstract = "\n".join(context) if isinstance(context, list) else str(context)
     user = f"{abstract}\n\nQuestion: {row['question']}\nAnswer yes, no or maybe."
@@ -78,9 +88,7 @@ def _pubmedqa(row: dict, index: int) -> Item:
 
 def load_items(spec: BenchmarkSpec) -> list[Item]:
     """The benchmark's items; a row missing a column fails naming the benchmark, row and column."""
-    from medqlora.data.mix import load_rows  # datasets is imported only when rows are read
-
-    rows = load_rows(spec.hub_id, spec.path, spec.config, spec.split, spec.name)
+    rows = load_rows(spec, f"benchmark {spec.name!r}")
     if spec.limit is not None:
         rows = rows.select(range(min(spec.limit, len(rows))))
     convert = _medqa if spec.kind == "medqa" else _pubmedqa
@@ -92,7 +100,7 @@ def load_items(spec: BenchmarkSpec) -> list[Item]:
                              f"expected the columns of {spec.hub_id or 'the ' + spec.kind + ' dataset'}: "
                              f"{', '.join(REQUIRED[spec.kind])}")
         try:
-            items.append(convert(row, index))
+            items.append(convert(row, index, spec.prompt))
         except (KeyError, ValueError, TypeError) as err:
             raise ValueError(f"benchmark {spec.name!r} row {index}: {type(err).__name__} {err}; expected the "
                              f"columns of {spec.hub_id or 'the ' + spec.kind + ' dataset'}") from err

@@ -35,13 +35,15 @@ def adapter_base(adapter_dir: str | Path) -> str:
     return json.loads(config.read_text())["base_model_name_or_path"]
 
 
-def load_adapted(adapter_dir: str | Path, base: str | None = None, device: str | None = None):
-    """(PeftModel in eval mode, tokenizer): the 4-bit base, lean as in training, with the adapter loaded."""
+def load_adapted(adapter_dir: str | Path, base: str | None = None, device: str | None = None,
+                 quant: QuantSpec | None = None):
+    """(PeftModel in eval mode, tokenizer): the base (4-bit unless `quant` says otherwise), lean as in training,
+    with the adapter loaded."""
     from peft import PeftModel
 
     name = base or adapter_base(adapter_dir)
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = load_base_model(name, QuantSpec(), target, text_only=True, ple_on_host=target.type == "cuda")
+    model = load_base_model(name, quant or QuantSpec(), target, text_only=True, ple_on_host=target.type == "cuda")
     model = PeftModel.from_pretrained(model, str(adapter_dir)).eval()
     return model, load_tokenizer(name)
 
@@ -56,7 +58,8 @@ def run_eval(adapter_dir: str | Path, out_dir: str | Path, benchmarks: list[Benc
     for spec in benchmarks if benchmarks is not None else DEFAULT_BENCHMARKS:
         summary, items = scoring.compare(model, tokenizer, load_items(spec), spec.name, batch_size)
         results["benchmarks"].append({**summary, "source": spec.hub_id or spec.path,
-                                      "split": spec.split if spec.hub_id else None, "limit": spec.limit})
+                                      "split": spec.split if spec.hub_id else None, "limit": spec.limit,
+                                      "prompt": spec.prompt if spec.kind == "medqa" else "abstract + question"})
         records += items
     if with_keypoints:
         results["keypoints"], items = keypoints.compare(model, tokenizer, keypoints.load_prompts(),

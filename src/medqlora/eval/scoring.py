@@ -83,24 +83,42 @@ def bootstrap_delta_pp(base_correct: list[bool], adapter_correct: list[bool], re
     return (low, high)
 
 
+def predictions(logprobs: list[float], choices: tuple[str, ...]) -> tuple[int, int]:
+    """(raw, normalised) choice: the highest summed log-probability, and the highest per character of the choice
+    (lm-evaluation-harness's `acc_norm`), which a one-token answer cannot win by being short."""
+    raw = max(range(len(logprobs)), key=logprobs.__getitem__)
+    norm = max(range(len(logprobs)), key=lambda c: logprobs[c] / max(len(choices[c]), 1))
+    return raw, norm
+
+
+DELTA_METRIC = "accuracy_norm"
+"""The accuracy the delta and its interval are taken on (the card says so)."""
+
+
 def compare(model, tokenizer, items: list[Item], name: str, batch_size: int = 8) -> tuple[dict, list[dict]]:
     """Score `items` with the adapter off (the base) and on, in the same process and load.
 
-    Returns a summary (accuracies, delta and its 95% interval in percentage points) and one record per item."""
+    Returns a summary (raw and length-normalised accuracies; the delta on the normalised one, with its 95%
+    interval, in percentage points) and one record per item."""
     with model.disable_adapter():
         base = choice_logprobs(model, tokenizer, items, batch_size, f"{name} base")
     tuned = choice_logprobs(model, tokenizer, items, batch_size, f"{name} adapter")
-    records, base_ok, tuned_ok = [], [], []
+    records = []
+    correct: dict[str, list[bool]] = {key: [] for key in ("base", "adapter", "base_norm", "adapter_norm")}
     for item, b, t in zip(items, base, tuned, strict=True):
-        b_pred, t_pred = max(range(len(b)), key=b.__getitem__), max(range(len(t)), key=t.__getitem__)
-        base_ok.append(b_pred == item.gold)
-        tuned_ok.append(t_pred == item.gold)
+        (b_raw, b_norm), (t_raw, t_norm) = predictions(b, item.choices), predictions(t, item.choices)
+        for key, pick in (("base", b_raw), ("adapter", t_raw), ("base_norm", b_norm), ("adapter_norm", t_norm)):
+            correct[key].append(pick == item.gold)
         records.append({"benchmark": name, "id": item.id, "gold": item.choices[item.gold],
-                        "base_pred": item.choices[b_pred], "adapter_pred": item.choices[t_pred],
+                        "base_pred": item.choices[b_raw], "adapter_pred": item.choices[t_raw],
+                        "base_pred_norm": item.choices[b_norm], "adapter_pred_norm": item.choices[t_norm],
                         "base_logprobs": b, "adapter_logprobs": t})
     n = max(len(items), 1)
-    base_acc, tuned_acc = 100 * sum(base_ok) / n, 100 * sum(tuned_ok) / n
-    low, high = bootstrap_delta_pp(base_ok, tuned_ok)
-    summary = {"benchmark": name, "items": len(items), "base_accuracy": base_acc, "adapter_accuracy": tuned_acc,
-               "delta_pp": tuned_acc - base_acc, "delta_ci95_pp": [low, high]}
+    accuracy = {key: 100 * sum(values) / n for key, values in correct.items()}
+    low, high = bootstrap_delta_pp(correct["base_norm"], correct["adapter_norm"])
+    summary = {"benchmark": name, "items": len(items),
+               "base_accuracy": accuracy["base"], "adapter_accuracy": accuracy["adapter"],
+               "base_accuracy_norm": accuracy["base_norm"], "adapter_accuracy_norm": accuracy["adapter_norm"],
+               "delta_metric": DELTA_METRIC, "delta_pp": accuracy["adapter_norm"] - accuracy["base_norm"],
+               "delta_ci95_pp": [low, high]}
     return summary, records
