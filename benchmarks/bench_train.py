@@ -22,11 +22,27 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 EPOCH_ROWS = 47_189  # the model card's training rows
-# (prompt median, answer median, share) per source, lognormal sigma 0.5, capped at 2048 (issue #4)
+# (prompt median, answer median, share) per source, lognormal sigma 0.5, capped at the recipe's max length
 MIX = {"medqa": (230, 12, 0.34), "o1": (90, 900, 0.30), "alpacare": (40, 230, 0.36)}
-MAX_LEN, MICRO_BATCH, ACCUMULATE, LR = 2048, 2, 8, 2e-4
+RECIPE_FILE = Path(__file__).resolve().parents[1] / "configs" / "gemma4-e2b-medical.yaml"
+
+
+def recipe(path: Path = RECIPE_FILE) -> dict:
+    """The recipe's settings, read from its YAML (never restated here): model section, lengths, accumulation."""
+    config = yaml.safe_load(path.read_text())
+    callbacks = {c["class_path"].rsplit(".", 1)[-1]: c.get("init_args") or {} for c in config["trainer"]["callbacks"]}
+    return {"model": config["model"], "max_length": config["data"]["max_length"],
+            "micro_batch": config["data"]["micro_batch_size"],
+            "accumulate": callbacks["GradientAccumulation"]["accumulate"],
+            "warmup_ratio": callbacks["CosineWarmup"]["warmup_ratio"]}
+
+
+RECIPE = recipe()
+MAX_LEN, MICRO_BATCH, ACCUMULATE = RECIPE["max_length"], RECIPE["micro_batch"], RECIPE["accumulate"]
+LR, LORA = RECIPE["model"]["lr"], RECIPE["model"]["lora"]
 WARMUP_BATCHES, TIMED_BATCHES = 3, int(__import__("os").environ.get("BENCH_TIMED", 21))
 GIB = 1024**3
 
@@ -105,7 +121,8 @@ def run_plain(model_path: str, rows: list[dict], device: torch.device) -> Clock:
                                                  device_map={"": str(device)})
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
     # the card's plain name list trips on the vision tower's Gemma4ClippableLinear: language model only
-    lora = LoraConfig(r=16, lora_alpha=16, lora_dropout=0.05, target_modules=LoraSpec().target_regex(),
+    spec = LoraSpec(**LORA)
+    lora = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=spec.target_regex(),
                       task_type="CAUSAL_LM")
     model = get_peft_model(model, lora)
     model.config.use_cache = False
@@ -143,6 +160,7 @@ def run_medqlora(model_path: str, rows: list[dict], device: torch.device,
     from medqlora.callbacks.schedule import CosineWarmup
     from medqlora.data.collate import Collator, LengthGroupedBatchSampler, PackedRows, PackingBatchSampler
     from medqlora.model.loading import QuantSpec
+    from medqlora.model.lora import LoraSpec
     from medqlora.model.module import LeanSpec, QLoRAModule
 
     clock = Clock()
@@ -196,25 +214,31 @@ def run_medqlora(model_path: str, rows: list[dict], device: torch.device,
         from where_memory import MemoryTrace
 
         extra.append(MemoryTrace())
-    quant = QuantSpec()
+    quant = QuantSpec(**RECIPE["model"]["quantization"])
     strategy = "auto" if args.strategy == "single" else args.strategy
     if args.strategy == "fsdp":
         from medqlora.model.distributed import QLoRAFSDPStrategy
 
-        strategy, quant = QLoRAFSDPStrategy(), QuantSpec(quant_storage="bfloat16")
+        quant = QuantSpec(**{**RECIPE["model"]["quantization"], "quant_storage": "bfloat16"})
+        strategy = QLoRAFSDPStrategy()
     trainer = L.Trainer(accelerator=device.type, devices=args.devices, strategy=strategy, precision="bf16-mixed",
                         max_epochs=1, use_distributed_sampler=False,
                         limit_train_batches=WARMUP_BATCHES + TIMED_BATCHES, limit_val_batches=0, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[GradientAccumulation(ACCUMULATE), CosineWarmup(0.05), memory, Tick(), *extra])
-    lean = LeanSpec(ple_on_host=not args.ple_on_gpu, loss_chunk_size=args.loss_chunk, attention=args.attention)
-    module = QLoRAModule(model_path, quantization=quant, lr=LR, lean=lean)
+                        callbacks=[GradientAccumulation(ACCUMULATE), CosineWarmup(RECIPE["warmup_ratio"]), memory,
+                                   Tick(), *extra])
+    settings = RECIPE["model"]  # the recipe's model section, with the case's lean switches on top
+    lean = LeanSpec(**{**settings["lean"], "ple_on_host": not args.ple_on_gpu, "loss_chunk_size": args.loss_chunk,
+                       "attention": args.attention})
+    module = QLoRAModule(model_path, quantization=quant, lora=LoraSpec(**settings["lora"]),
+                         optimizer=settings["optimizer"], lr=settings["lr"],
+                         gradient_checkpointing=settings["gradient_checkpointing"], lean=lean)
     trainer.fit(module, datamodule=Rows())
     return clock, memory.summary, trainer.world_size if trainer.is_global_zero else -1
 
 
 def summarise(system: str, kind: str, clock: Clock, device: torch.device) -> dict:
-    """The issue's figures for one case, from the timed steps (after warm-up)."""
+    """One case's figures (throughput, padding, epoch time, peak memory), from the timed steps (after warm-up)."""
     timed = clock.steps[WARMUP_BATCHES:]
     seconds = sum(s for s, _ in timed)
     total = {k: sum(st[k] for _, st in timed) for k in ("tokens", "supervised", "rows", "slots")}
@@ -231,7 +255,7 @@ def summarise(system: str, kind: str, clock: Clock, device: torch.device) -> dic
 
 def case(args: argparse.Namespace) -> None:
     """Run one (system, rows) case and write its figures as JSON."""
-    from medqlora.model.loading import load_config, resolve_name_or_path
+    from medqlora.hub import load_config, resolve_name_or_path
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model_path = resolve_name_or_path(args.model)

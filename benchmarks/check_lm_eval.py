@@ -25,8 +25,8 @@ from lm_eval.models.huggingface import HFLM
 
 from medqlora.data.chat import generation_prompt
 from medqlora.eval.items import BenchmarkSpec, load_items
-from medqlora.eval.run import load_adapted
 from medqlora.eval.scoring import choice_logprobs, predictions
+from medqlora.model.adapter import load_adapted
 from medqlora.model.loading import QuantSpec
 
 TOLERANCE = 1e-4  # nats per choice, in fp32 (bf16/NF4 kernels over other padding and batch shapes differ by more)

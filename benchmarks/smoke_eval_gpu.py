@@ -18,7 +18,7 @@ import torch
 
 from medqlora.eval import keypoints, scoring
 from medqlora.eval.items import Item
-from medqlora.eval.run import load_adapted
+from medqlora.model.adapter import load_adapted
 from medqlora.model.loading import QuantSpec, load_base_model
 from medqlora.model.lora import LoraSpec, apply_lora
 from medqlora.tiny import ensure_tiny_model

@@ -73,7 +73,7 @@ print("validation:", metrics["val/loss"], metrics["val/acc"])'''),
                       "the adapter also loads with the model card's own snippet: "
                       "`PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), ADAPTER)`.)"),
     new_code_cell('''from medqlora.eval.generate import generate
-from medqlora.eval.run import load_adapted
+from medqlora.model.adapter import load_adapted
 
 model, tokenizer = load_adapted(run_dir / "adapter")
 print(generate(model, tokenizer, ["Name the first-line treatment for gout."], max_new_tokens=24))'''),

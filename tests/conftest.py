@@ -16,7 +16,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from medqlora.model.loading import load_tokenizer  # noqa: E402
+from medqlora.hub import load_tokenizer  # noqa: E402
 from medqlora.tiny import ensure_tiny_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,8 +8,8 @@ from helpers import make_module
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 import medqlora.io as mio
-from medqlora.callbacks.adapter import save_adapter
 from medqlora.io import AtomicCheckpointIO, atomic_write_text
+from medqlora.model.adapter import save_adapter
 
 
 class DiskFull(OSError):
@@ -42,7 +42,7 @@ def test_checkpoint_write_that_dies_keeps_the_previous_checkpoint(tmp_path, monk
 @pytest.mark.faults
 def test_adapter_save_that_dies_keeps_the_previous_adapter(tmp_path, monkeypatch, tiny_dir):
     module = make_module()
-    adapter = save_adapter(module, tmp_path / "adapter")
+    adapter = save_adapter(module.model, "tiny", tmp_path / "adapter")
     before = (adapter / "adapter_model.safetensors").read_bytes()
 
     def dies(self, directory, **kwargs):
@@ -51,7 +51,7 @@ def test_adapter_save_that_dies_keeps_the_previous_adapter(tmp_path, monkeypatch
 
     monkeypatch.setattr(type(module.model), "save_pretrained", dies)
     with pytest.raises(DiskFull):
-        save_adapter(module, tmp_path / "adapter")
+        save_adapter(module.model, "tiny", tmp_path / "adapter")
     assert (adapter / "adapter_model.safetensors").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
 
@@ -86,6 +86,6 @@ def test_the_optional_kernels_hint_of_bitsandbytes_is_kept_at_debug_level(caplog
 @pytest.mark.parametrize("seconds, text", [(14.2, "14 s"), (200, "3 min 20 s"), (3599, "59 min 59 s"),
                                            (7500, "2 h 05 min")])
 def test_wall_time_is_readable_at_any_length(seconds, text):
-    from medqlora.eval.card import duration
+    from medqlora.model.card import duration
 
     assert duration(seconds) == text

@@ -9,21 +9,62 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import REPO
 
 from medqlora.cli import main, run
 
 CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
 TINY = REPO / "configs" / "tiny.yaml"
+RECIPE = REPO / "configs" / "gemma4-e2b-medical.yaml"
+
+
+def resolved(*configs: Path, capsys) -> dict:
+    """The config LightningCLI resolves from these YAML files (later ones win), as `--print_config` shows it."""
+    with pytest.raises(SystemExit) as exit_:
+        run(["fit", *[arg for c in configs for arg in ("--config", str(c))], "--print_config"])
+    assert exit_.value.code in (0, None)
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def holds(full, given, where: str = "") -> list[str]:
+    """Where `full` does not hold what `given` says (dict keys and list items by position, numbers by value)."""
+    if isinstance(given, dict):
+        if not isinstance(full, dict):
+            return [f"{where}: {full!r} is not a mapping"]
+        return [miss for key, value in given.items() for miss in holds(full.get(key), value, f"{where}.{key}")]
+    if isinstance(given, list):
+        if not isinstance(full, list) or len(full) != len(given):
+            return [f"{where}: {full!r} != {given!r}"]
+        return [miss for i, (f, g) in enumerate(zip(full, given)) for miss in holds(f, g, f"{where}[{i}]")]
+    if isinstance(given, float) or isinstance(full, float):
+        same = isinstance(full, (int, float)) and full == pytest.approx(given)
+        return [] if same else [f"{where}: {full!r} != {given!r}"]
+    return [] if full == given else [f"{where}: {full!r} != {given!r}"]
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
-def test_every_config_parses(config, capsys):
-    with pytest.raises(SystemExit) as exit_:
-        run(["fit", "--config", str(config), "--print_config"])
-    assert exit_.value.code in (0, None)
-    printed = capsys.readouterr().out
-    assert "name_or_path:" in printed and "callbacks:" in printed
+def test_every_config_resolves_to_the_values_it_writes(config, capsys):
+    written = yaml.safe_load(config.read_text())
+    overlay = "trainer" not in written or "callbacks" not in written.get("trainer", {})
+    layers = [RECIPE, config] if overlay else [config]  # overlays are checked over the recipe they extend
+    assert not holds(resolved(*layers, capsys=capsys), written)
+
+
+def test_the_recipe_is_the_model_cards(capsys):
+    config = resolved(RECIPE, capsys=capsys)
+    model, data, trainer = config["model"], config["data"], config["trainer"]
+    callbacks = {c["class_path"].rsplit(".", 1)[-1]: c.get("init_args") or {} for c in trainer["callbacks"]}
+    assert model["name_or_path"] == "google/gemma-4-E2B-it"
+    assert (model["quantization"]["quant_type"], model["quantization"]["double_quant"],
+            model["quantization"]["compute_dtype"]) == ("nf4", True, "bfloat16")
+    assert (model["lora"]["r"], model["lora"]["alpha"], model["lora"]["dropout"]) == (16, 16, 0.05)
+    assert model["lora"]["targets"] == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    assert model["optimizer"] == "adamw_8bit" and model["lr"] == pytest.approx(2e-4)
+    assert data["max_length"] == 2048 and data["micro_batch_size"] == 2 and trainer["max_epochs"] == 1
+    assert callbacks["GradientAccumulation"]["accumulate"] == 8
+    assert callbacks["CosineWarmup"]["warmup_ratio"] == pytest.approx(0.05)
+    assert trainer["precision"] == "bf16-mixed"
 
 
 @pytest.mark.parametrize("subcommand", ["fit", "validate", "test", "predict"])

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import ast
 import importlib.util
+import json
+from pathlib import Path
 
 import nbformat
 import pytest
 from conftest import REPO
 from nbclient import NotebookClient
+from safetensors.torch import load_file
+
+from medqlora.runs import read_metrics
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 
@@ -20,14 +26,38 @@ def test_committed_without_outputs(path):
             assert cell.outputs == [] and cell.execution_count is None, f"{path.name}: strip outputs before committing"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_runs_top_to_bottom(path, tmp_path, monkeypatch, tiny_dir):
-    monkeypatch.setenv("MEDQLORA_REPO", str(REPO))  # the kernel inherits the suite's offline cache too
-    nb = nbformat.read(path, as_version=4)
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+def _execute(name: str, workdir: Path) -> list[str]:
+    """Run notebooks/NAME top to bottom in `workdir`; what each code cell printed to stdout."""
+    nb = nbformat.read(REPO / "notebooks" / name, as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}).execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
-    assert not errors
-    assert (tmp_path / "runs").exists() or path.name != "quickstart.ipynb"
+    assert not errors, errors[0].get("evalue")
+    return ["".join(o.get("text", "") for o in c.outputs if o.output_type == "stream" and o.get("name") == "stdout")
+            for c in nb.cells if c.cell_type == "code"]
+
+
+def test_quickstart_trains_writes_its_run_and_generates(tmp_path, monkeypatch, tiny_dir):
+    monkeypatch.setenv("MEDQLORA_REPO", str(REPO))  # the kernel inherits the suite's offline cache too
+    printed = _execute("quickstart.ipynb", tmp_path)
+    run = tmp_path / "runs" / "quickstart" / "version_0"
+    metrics = read_metrics(run / "metrics.csv")
+    assert len(metrics["train/loss"]) == 24 and metrics["val/loss"], "24 optimizer steps and a validation"
+    weights = load_file(run / "adapter" / "adapter_model.safetensors")
+    assert weights and any(w.abs().sum() > 0 for k, w in weights.items() if "lora_B" in k), "the adapter trained"
+    assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((run / "data_card.json").read_text())["totals"]["train"] > 0
+    assert "«" in printed[2] and "<|channel>thought" in printed[2]  # supervised spans and o1's thought channel
+    answers = ast.literal_eval(printed[5].strip().splitlines()[-1])
+    assert isinstance(answers, list) and len(answers) == 1 and isinstance(answers[0], str)
+
+
+def test_custom_callback_samples_at_its_steps_from_code_and_from_yaml(tmp_path, monkeypatch, tiny_dir):
+    monkeypatch.setenv("MEDQLORA_REPO", str(REPO))
+    printed = _execute("custom_callback.ipynb", tmp_path)
+    from_code = [line.split(" ", 1)[0] for line in printed[2].strip().splitlines()]
+    assert from_code == ["4", "8", "12"]
+    from_yaml = ast.literal_eval(printed[3].strip().splitlines()[-1])
+    assert [step for step, _ in from_yaml] == [4, 8] and all(isinstance(text, str) for _, text in from_yaml)
 
 
 def test_committed_notebooks_match_their_generator(tmp_path):

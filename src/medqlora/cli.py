@@ -25,7 +25,6 @@ from medqlora.callbacks.interrupt import CheckpointOnInterrupt
 from medqlora.commands import COMMANDS
 from medqlora.commands import run as run_command
 from medqlora.data.datamodule import MedicalMixDataModule
-from medqlora.model.loading import check_max_length
 from medqlora.model.module import QLoRAModule
 from medqlora.resume import LIGHTNING_KEYWORDS, differences, read_checkpoint, settings
 
@@ -92,7 +91,6 @@ class MedQLoRACLI(LightningCLI):
         """Validate what the trainer is asked for, and name the run directory: a fit's timestamp (the
         checkpoint's own run when resuming), `<subcommand>-<timestamp>` for validate/test/predict."""
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
-        check_max_length(config.model.name_or_path, config.data.max_length)
         accelerator = str(config.trainer.accelerator)
         if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
             raise ValueError(f"trainer.accelerator={accelerator!r} but no CUDA GPU is visible (torch "

@@ -13,6 +13,9 @@ import argparse
 import json
 from pathlib import Path
 
+from medqlora.eval.generate import MAX_NEW_TOKENS
+from medqlora.eval.scoring import BATCH_SIZE
+
 COMMANDS = {
     "eval": "MedQA, PubMedQA and clinical key points, base vs adapter in one load; updates the model card",
     "generate": "answer prompts with an adapter (greedy, Gemma 4 chat format)",
@@ -54,8 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--medqa-prompt", choices=("training", "letter"), default="training",
                     help="training: ask MedQA as the training rows render it (default); letter: ask for the letter")
     ev.add_argument("--no-keypoints", action="store_true", help="skip the 54 key-point prompts")
-    ev.add_argument("--batch-size", type=_positive, default=8)
-    ev.add_argument("--max-new-tokens", type=_positive, default=512, help="key-point answers")
+    ev.add_argument("--batch-size", type=_positive, default=BATCH_SIZE)
+    ev.add_argument("--max-new-tokens", type=_positive, default=MAX_NEW_TOKENS, help="key-point answers")
     ev.add_argument("--out", type=Path, help="default: <run dir>/eval-<adapter name>")
     gen = sub.add_parser("generate", help=COMMANDS["generate"], description=COMMANDS["generate"])
     gen.add_argument("adapter", type=Path)
@@ -63,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     what.add_argument("--prompt")
     what.add_argument("--prompts-file", type=Path, help="one prompt per line")
     gen.add_argument("--thinking", action="store_true", help="let the model think first (thoughts not printed)")
-    gen.add_argument("--max-new-tokens", type=_positive, default=512)
+    gen.add_argument("--max-new-tokens", type=_positive, default=MAX_NEW_TOKENS)
     gen.add_argument("--base")
     mg = sub.add_parser("merge", help=COMMANDS["merge"], description=COMMANDS["merge"])
     mg.add_argument("adapter", type=Path)
@@ -110,11 +113,11 @@ def run(argv: list[str]) -> None:
             _refuse_to_replace(args.out, "curves: OUT")
         print(plot_curves(args.run_dir, args.out))
     elif args.command == "card":
-        from medqlora.eval.card import write_model_card
+        from medqlora.model.card import write_model_card
 
         print(write_model_card(args.run_dir, args.adapter))
     elif args.command == "merge":
-        from medqlora.eval.run import check_adapter_dir, merge
+        from medqlora.model.adapter import check_adapter_dir, merge
 
         check_adapter_dir(args.adapter)
         if not args.force:
@@ -122,7 +125,7 @@ def run(argv: list[str]) -> None:
         print(merge(args.adapter, args.out, args.base))
     elif args.command == "generate":
         from medqlora.eval.generate import generate
-        from medqlora.eval.run import load_adapted
+        from medqlora.model.adapter import load_adapted
 
         prompts = _prompts(args)
         model, tokenizer = load_adapted(args.adapter, args.base)
@@ -136,9 +139,9 @@ def run(argv: list[str]) -> None:
 def _eval(args: argparse.Namespace) -> None:
     from dataclasses import replace
 
-    from medqlora.eval.card import write_model_card
     from medqlora.eval.items import DEFAULT_BENCHMARKS
     from medqlora.eval.run import run_eval
+    from medqlora.model.card import write_model_card
 
     medqa, pubmedqa = DEFAULT_BENCHMARKS
     specs = [replace(_source(args.medqa, medqa), limit=args.limit, prompt=args.medqa_prompt),

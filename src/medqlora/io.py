@@ -32,28 +32,38 @@ def apply_umask(path: Path) -> None:
         item.chmod((0o777 if item.is_dir() else 0o666) & ~mask)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` atomically (with the user's umask, like any other tool's output)."""
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `path` (same suffix, so writers that go by it still can) to write; on success
+    it is renamed over `path` with the user's umask, on any error removed, leaving the previous `path` in place."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
+        yield tmp
         os.chmod(tmp, 0o666 & ~_umask())
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` atomically (with the user's umask, like any other tool's output)."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 @contextmanager
-def atomic_directory(directory: Path) -> Iterator[Path]:
-    """Yield a staging directory beside `directory`; on success it replaces `directory` whole, on any error
+def atomic_directory(directory: Path, replace: bool = True) -> Iterator[Path]:
+    """Yield a staging directory beside `directory`; on success it takes `directory`'s place whole, on any error
     (disk full, kill) it is removed and the previous `directory` is untouched.
 
-    Callers decide whether `directory` may be replaced: this only makes the replacement atomic."""
+    replace: an existing `directory` is swapped out for the new one; False keeps whichever writer finished first
+        (a cache several processes may build at once). Callers decide whether `directory` may be replaced at all."""
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
@@ -62,6 +72,12 @@ def atomic_directory(directory: Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     apply_umask(staging)
+    if not replace:
+        try:
+            staging.rename(directory)
+        except OSError:  # another writer finished first: keep theirs
+            shutil.rmtree(staging, ignore_errors=True)
+        return
     old = directory.with_name(f".{directory.name}.old")
     if directory.exists():
         directory.rename(old)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -137,9 +135,9 @@ def ensure_tiny_model(cache_dir: str | Path | None = None) -> Path:
     import torch
     from transformers import Gemma4Config, Gemma4ForConditionalGeneration, GenerationConfig
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=target.parent))
-    try:
+    from medqlora.io import atomic_directory
+
+    with atomic_directory(target, replace=False) as staging:  # several processes may build it at once
         torch.manual_seed(0)
         config = Gemma4Config(**{k: v for k, v in tiny_model_config().items() if k != "model_type"})
         model = Gemma4ForConditionalGeneration(config).to(torch.bfloat16)
@@ -149,11 +147,4 @@ def ensure_tiny_model(cache_dir: str | Path | None = None) -> Path:
         )
         model.save_pretrained(staging, safe_serialization=True)
         build_tiny_tokenizer().save_pretrained(staging)
-        try:
-            staging.rename(target)
-        except OSError:  # another process finished first: keep theirs
-            shutil.rmtree(staging, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target

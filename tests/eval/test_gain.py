@@ -19,13 +19,13 @@ from fixtures import medqa_rows, pubmedqa_rows
 from helpers import write_jsonl
 from torch.utils.data import DataLoader
 
-from medqlora.callbacks.adapter import save_adapter
 from medqlora.cli import run
 from medqlora.data.chat import encode
 from medqlora.data.collate import pad_collate
 from medqlora.data.sources import Conversation
 from medqlora.eval.items import BenchmarkSpec, load_items
-from medqlora.eval.run import adapter_base, merge, run_eval
+from medqlora.eval.run import run_eval
+from medqlora.model.adapter import adapter_base, merge, save_adapter
 from medqlora.model.lora import LoraSpec
 from medqlora.model.module import QLoRAModule
 
@@ -46,7 +46,7 @@ def trained(tmp_path_factory, tokenizer) -> tuple[Path, BenchmarkSpec]:
                         collate_fn=lambda batch: pad_collate(batch, tokenizer.pad_token_id))
     L.Trainer(accelerator="cpu", max_steps=30, logger=False, enable_checkpointing=False, enable_progress_bar=False,
               enable_model_summary=False).fit(module, loader)
-    adapter = save_adapter(module, tmp / "run" / "adapter")
+    adapter = save_adapter(module.model, "tiny", tmp / "run" / "adapter")
     held_out = BenchmarkSpec(name="synthetic", kind="medqa", 
                              path=str(write_jsonl(tmp / "test.jsonl", medqa_rows(40, 2))))
     return adapter, held_out

@@ -10,7 +10,7 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-from medqlora.callbacks.adapter import save_adapter
+from medqlora.model.adapter import save_adapter
 from medqlora.model.loading import keep_4bit_layout
 
 
@@ -39,7 +39,7 @@ def test_saved_adapter_loads_with_the_model_card_snippet_and_reproduces_logits(t
     with torch.no_grad():
         expected = module.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
-    adapter = save_adapter(module, tmp_path / "adapter")
+    adapter = save_adapter(module.model, "tiny", tmp_path / "adapter")
     for name in ("adapter_config.json", "adapter_model.safetensors", "README.md", "tokenizer_config.json"):
         assert (adapter / name).is_file(), name
     keys = load_file(adapter / "adapter_model.safetensors").keys()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -13,30 +12,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from medqlora.callbacks.schedule import total_optimizer_steps
 from medqlora.callbacks.steps import run_dir
-from medqlora.eval.card import render
-from medqlora.io import atomic_directory
-from medqlora.model.loading import load_tokenizer
-
-PROGRESS_FILE = "training_state.json"
-
-
-def save_adapter(pl_module: L.LightningModule, directory: Path, weights: dict | None = None,
-                 progress: dict | None = None) -> Path:
-    """adapter_config.json + adapter_model.safetensors + tokenizer + model card, swapped in atomically.
-
-    The model card (README.md) is rendered from the run directory, `directory`'s parent (`eval/card.py`).
-
-    weights: the adapter's full weights (`QLoRAModule.adapter_weights()`); None reads them off the model,
-        which is right on one device or DDP, not under FSDP (shards).
-    progress: how far training was when this adapter was written ({"step", "total_steps", "kind"}), kept as
-        training_state.json so its card says so."""
-    with atomic_directory(directory) as staging:  # a failed save never touches the previous adapter
-        pl_module.model.save_pretrained(staging, safe_serialization=True, state_dict=weights)
-        load_tokenizer(pl_module.name_or_path).save_pretrained(staging)
-        if progress is not None:
-            (staging / PROGRESS_FILE).write_text(json.dumps(progress, indent=2))
-        (staging / "README.md").write_text(render(directory.parent, staging))
-    return directory
+from medqlora.model.adapter import save_adapter
 
 
 def progress(trainer: L.Trainer, kind: str) -> dict:
@@ -70,7 +46,7 @@ class AdapterExport(Callback):
         self.best = float(value)
         weights, directory = pl_module.adapter_weights(), self.adapter_dir(trainer, "adapter-best")  # every rank
         if trainer.is_global_zero:
-            save_adapter(pl_module, directory, weights, progress(trainer, "best"))
+            save_adapter(pl_module.model, pl_module.name_or_path, directory, weights, progress(trainer, "best"))
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Save the final adapter."""
@@ -78,7 +54,7 @@ class AdapterExport(Callback):
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.save()  # the card reads metrics.csv
-            path = save_adapter(pl_module, directory, weights, progress(trainer, "final"))
+            path = save_adapter(pl_module.model, pl_module.name_or_path, directory, weights, progress(trainer, "final"))
             rank_zero_info(f"medqlora: adapter written to {path}")
 
     def state_dict(self) -> dict:

@@ -5,7 +5,6 @@ Written by the `TrainingCurves` callback at the end of fit, and by `medqlora cur
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import lightning as L
@@ -13,6 +12,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
 from medqlora.callbacks.steps import run_dir
+from medqlora.io import atomic_path
 from medqlora.runs import read_metrics
 
 PANELS = [  # (title, [(metric column, label)])
@@ -50,10 +50,9 @@ def plot_curves(run_dir: str | Path, out: str | Path | None = None, panels: list
     fig.suptitle(run_dir.as_posix())
     fig.tight_layout()
     path = Path(out) if out else run_dir / "curves.png"
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=100)  # then renamed into place: a kill never leaves half a picture
+    with atomic_path(path) as tmp:  # a kill never leaves half a picture
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 

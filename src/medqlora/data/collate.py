@@ -87,11 +87,7 @@ class PackingBatchSampler(_EpochBatchSampler):
     def __init__(self, lengths: Sequence[int], pack_tokens: int, seed: int, shuffle: bool = True,
                  rank: int = 0, world_size: int = 1, rows_per_batch: int = 1):
         super().__init__(lengths, seed, shuffle, rank, world_size)
-        too_long = max(self.lengths, default=0)
-        if too_long > pack_tokens:
-            raise ValueError(f"data.pack_tokens={pack_tokens} is smaller than a {too_long}-token row; "
-                             "set pack_tokens >= max_length")
-        self.pack_tokens, self.rows_per_batch = pack_tokens, rows_per_batch
+        self.pack_tokens, self.rows_per_batch = pack_tokens, rows_per_batch  # rows fit: check_lengths
 
     def packs(self) -> list[list[int]]:
         """This epoch's packs (lists of row indices), in training order."""

@@ -27,7 +27,7 @@ from medqlora.data.collate import (
 )
 from medqlora.data.mix import EvalQuestions, SamplePolicy, build_mix
 from medqlora.data.sources import Conversation, ReasoningMode, SourceSpec
-from medqlora.model.loading import load_tokenizer
+from medqlora.hub import load_tokenizer, max_positions
 
 
 def sample_sources() -> list[SourceSpec]:
@@ -38,6 +38,20 @@ def sample_sources() -> list[SourceSpec]:
         SourceSpec(name="o1", format="reasoning", path=str(root / "o1.jsonl"), license="sample"),
         SourceSpec(name="alpacare", format="instruction", path=str(root / "alpacare.jsonl"), license="sample"),
     ]
+
+
+def check_lengths(max_length: int, pack_tokens: int, model: str) -> None:
+    """The one check of row lengths: `max_length` fits the model's positions, and a packed row holds the longest
+    row. Run when the data module is built, before any data is read or written."""
+    if max_length < 16:
+        raise ValueError(f"data.max_length={max_length} is too small; use at least 16 (recipe: 2048)")
+    positions = max_positions(model)
+    if max_length > positions:
+        raise ValueError(f"data.max_length={max_length} exceeds the {positions} positions of "
+                         f"model.name_or_path={model!r}; set data.max_length <= {positions}")
+    if pack_tokens < max_length:
+        raise ValueError(f"data.pack_tokens={pack_tokens} < data.max_length={max_length}; "
+                         "a packed row must hold the longest row")
 
 
 class MedicalMixDataModule(L.LightningDataModule):
@@ -71,8 +85,7 @@ class MedicalMixDataModule(L.LightningDataModule):
         # saved in checkpoints, so a resume can refuse settings that would change its rows (medqlora.resume);
         # not logged: the model's hyperparameters are, and both have a `seed`
         self.save_hyperparameters(logger=False)
-        if max_length < 16:
-            raise ValueError(f"data.max_length={max_length} is too small; use at least 16 (recipe: 2048)")
+        check_lengths(max_length, pack_tokens or max_length, tokenizer)
         if micro_batch_size < 1:
             raise ValueError(f"data.micro_batch_size={micro_batch_size} must be >= 1")
         if not 0.0 <= val_fraction < 0.5:
@@ -80,9 +93,6 @@ class MedicalMixDataModule(L.LightningDataModule):
         self.sources = sources if sources is not None else sample_sources()
         self.tokenizer_name, self.max_length, self.micro_batch_size = tokenizer, max_length, micro_batch_size
         self.packing, self.pack_tokens = packing, pack_tokens or max_length
-        if self.pack_tokens < max_length:
-            raise ValueError(f"data.pack_tokens={self.pack_tokens} < data.max_length={max_length}; "
-                             "a packed row must hold the longest row")
         self.group_by_length, self.reasoning, self.system_prompt = group_by_length, reasoning, system_prompt
         self.truncation, self.sample_policy, self.val_fraction = truncation, sample_policy, val_fraction
         self.seed, self.decontaminate, self.num_workers = seed, decontaminate or [], num_workers

@@ -6,7 +6,10 @@ import torch
 from tqdm.auto import tqdm
 
 from medqlora.data.chat import END_OF_TURN, THOUGHT_CLOSE
-from medqlora.eval.scoring import left_pad, prompt_ids
+from medqlora.eval.scoring import BATCH_SIZE, left_pad, prompt_ids
+
+MAX_NEW_TOKENS = 512
+"""Longest generated answer, by default (`medqlora generate`, the key-point prompts)."""
 
 
 def strip_thoughts(text: str) -> str:
@@ -25,8 +28,8 @@ def check_fits(prompts: list[list[int]], max_new_tokens: int, positions: int) ->
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], *, thinking: bool = False, max_new_tokens: int = 512,
-             batch_size: int = 8, desc: str = "generating") -> list[str]:
+def generate(model, tokenizer, prompts: list[str], *, thinking: bool = False, max_new_tokens: int = MAX_NEW_TOKENS,
+             batch_size: int = BATCH_SIZE, desc: str = "generating") -> list[str]:
     """Greedy answers to user `prompts`, one per prompt, special tokens and thought channel removed."""
     device = next(p for p in model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

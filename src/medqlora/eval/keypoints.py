@@ -15,7 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from medqlora.eval.generate import generate
+from medqlora.eval.generate import MAX_NEW_TOKENS, generate
+from medqlora.eval.scoring import BATCH_SIZE
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,8 @@ def score(answers: dict[str, str], prompts: list[KeyPointPrompt]) -> dict:
     return {"average": average, "disciplines": disciplines, "prompts": per_prompt}
 
 
-def compare(model, tokenizer, prompts: list[KeyPointPrompt], *, max_new_tokens: int = 512, thinking: bool = False,
-            batch_size: int = 8) -> tuple[dict, list[dict]]:
+def compare(model, tokenizer, prompts: list[KeyPointPrompt], *, max_new_tokens: int = MAX_NEW_TOKENS,
+            thinking: bool = False, batch_size: int = BATCH_SIZE) -> tuple[dict, list[dict]]:
     """Generate with the adapter off (base) and on; hit rates for both and one record per prompt."""
     texts = [p.prompt for p in prompts]
     kwargs = {"thinking": thinking, "max_new_tokens": max_new_tokens, "batch_size": batch_size}

@@ -16,6 +16,9 @@ from tqdm.auto import tqdm
 from medqlora.data.chat import generation_prompt
 from medqlora.eval.items import Item
 
+BATCH_SIZE = 8
+"""Sequences per forward pass when scoring and generating, by default."""
+
 
 def prompt_ids(tokenizer, user: str, thinking: bool = False) -> list[int]:
     """Token ids of the chat prompt that asks `user` and opens the model's turn."""
@@ -53,7 +56,7 @@ def _batches(pairs: list, batch_size: int) -> Iterator[list]:
 
 
 @torch.no_grad()
-def choice_logprobs(model, tokenizer, items: list[Item], batch_size: int = 8,
+def choice_logprobs(model, tokenizer, items: list[Item], batch_size: int = BATCH_SIZE,
                     desc: str = "scoring") -> list[list[float]]:
     """log p(choice | prompt) for every choice of every item, with a progress bar."""
     device = next(p for p in model.parameters()).device
@@ -95,7 +98,7 @@ DELTA_METRIC = "accuracy_norm"
 """The accuracy the delta and its interval are taken on (the card says so)."""
 
 
-def compare(model, tokenizer, items: list[Item], name: str, batch_size: int = 8) -> tuple[dict, list[dict]]:
+def compare(model, tokenizer, items: list[Item], name: str, batch_size: int = BATCH_SIZE) -> tuple[dict, list[dict]]:
     """Score `items` with the adapter off (the base) and on, in the same process and load.
 
     Returns a summary (raw and length-normalised accuracies; the delta on the normalised one, with its 95%

@@ -1,4 +1,4 @@
-"""Load Gemma 4 in NF4 with `from_pretrained` + `BitsAndBytesConfig`, and its tokenizer; decide what lives where.
+"""Load Gemma 4 in NF4 with `from_pretrained` + `BitsAndBytesConfig`; decide what lives where.
 
 The same code serves `google/gemma-4-E2B-it` from the hub, a local directory, and the embedded tiny model.
 """
@@ -10,8 +10,8 @@ from typing import Literal
 
 import torch
 
+from medqlora.hub import load_config, resolve_name_or_path
 from medqlora.model.host_embedding import move_ple_to_host
-from medqlora.tiny import TINY_MODEL_ID, ensure_tiny_model
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 PLE_MODULE = "model.language_model.embed_tokens_per_layer"
@@ -64,37 +64,6 @@ class QuantSpec:
             bnb_4bit_compute_dtype=self.dtype, llm_int8_enable_fp32_cpu_offload=offload_to_cpu,
             bnb_4bit_quant_storage=torch.uint8 if self.quant_storage == "uint8" else DTYPES[self.quant_storage],
         )
-
-
-def resolve_name_or_path(name_or_path: str) -> str:
-    """`tiny` -> the built tiny model's directory; anything else (hub id or path) unchanged."""
-    return str(ensure_tiny_model()) if name_or_path == TINY_MODEL_ID else name_or_path
-
-
-def load_tokenizer(name_or_path: str):
-    """The model's own tokenizer (with its chat template). Never runs remote code."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(resolve_name_or_path(name_or_path), trust_remote_code=False)
-
-
-def load_config(name_or_path: str):
-    """The model config, checked to be Gemma 4 (medqlora's LoRA targets, template and loss assume it)."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(resolve_name_or_path(name_or_path), trust_remote_code=False)
-    if config.model_type != "gemma4":
-        raise ValueError(f"model.name_or_path={name_or_path!r} is a {config.model_type!r} model; medqlora "
-                         "trains Gemma 4 (e.g. google/gemma-4-E2B-it or `tiny`)")
-    return config
-
-
-def check_max_length(name_or_path: str, max_length: int) -> None:
-    """Refuse rows longer than the model's positions (a config error, caught before any data is built)."""
-    positions = load_config(name_or_path).get_text_config().max_position_embeddings
-    if max_length > positions:
-        raise ValueError(f"data.max_length={max_length} exceeds the {positions} positions of "
-                         f"model.name_or_path={name_or_path!r}; set data.max_length <= {positions}")
 
 
 def load_base_model(name_or_path: str, quant: QuantSpec, device: torch.device, *, text_only: bool,

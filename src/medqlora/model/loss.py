@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-IGNORE_INDEX = -100
+from medqlora.data.chat import IGNORE_INDEX
 
 
 @dataclass

@@ -17,9 +17,10 @@ from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from medqlora.hub import load_config
 from medqlora.model.distributed import clean_name, is_fsdp
 from medqlora.model.host_embedding import HostEmbedding
-from medqlora.model.loading import QuantSpec, load_base_model, load_config
+from medqlora.model.loading import QuantSpec, load_base_model
 from medqlora.model.lora import LoraSpec, apply_lora, trainable_summary
 from medqlora.model.loss import LossOutput, chunked_lm_loss, full_logits_loss
 
@@ -103,7 +104,6 @@ class QLoRAModule(L.LightningModule):
         self.config = load_config(name_or_path)
         text = self.config.get_text_config()
         self.softcap = text.final_logit_softcapping
-        self.max_positions = text.max_position_embeddings
         self.model = None
         self.strict_loading = False  # checkpoints hold the adapter only
         for split in ("train", "val", "test"):

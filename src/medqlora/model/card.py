@@ -15,6 +15,8 @@ import yaml
 from medqlora.io import atomic_write_text
 from medqlora.runs import read_metrics
 
+PROGRESS_FILE = "training_state.json"  # in an adapter directory: optimizer step N of M when it was written
+
 LIMITATIONS = """## Intended use and limitations
 
 For research on medical question answering and clinical reasoning with small models: benchmarking, studying
@@ -76,7 +78,7 @@ def render(run_dir: Path, adapter_dir: Path) -> str:
     results = _read(run_dir / f"eval-{adapter_dir.name}" / "eval.json", json.loads)
     metrics = _final_metrics(run_dir / "metrics.csv")
     adapter_config = _read(adapter_dir / "adapter_config.json", json.loads) or {}
-    state = _read(adapter_dir / "training_state.json", json.loads)
+    state = _read(adapter_dir / PROGRESS_FILE, json.loads)
     model, data_cfg, trainer = config.get("model", {}), config.get("data", {}), config.get("trainer", {})
     lora, quant = model.get("lora", {}), model.get("quantization", {})
     base = adapter_config.get("base_model_name_or_path", model.get("name_or_path"))

@@ -1,0 +1,48 @@
+"""Names -> files: resolve `model.name_or_path` (a hub id, a local directory or `tiny`) and read its tokenizer
+and config, once per process however many parts of a run ask.
+
+The bottom floor beside `io` and `runs`: data, model, eval and callbacks all read the model's tokenizer and
+config through here, so none of them imports another for it.
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import lru_cache
+
+from medqlora.tiny import TINY_MODEL_ID, ensure_tiny_model
+
+
+def resolve_name_or_path(name_or_path: str) -> str:
+    """`tiny` -> the built tiny model's directory; anything else (hub id or path) unchanged."""
+    return str(ensure_tiny_model()) if name_or_path == TINY_MODEL_ID else name_or_path
+
+
+@lru_cache(maxsize=8)
+def load_tokenizer(name_or_path: str):
+    """The model's own tokenizer (with its chat template), loaded once per process. Never runs remote code."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_name_or_path(name_or_path), trust_remote_code=False)
+
+
+@lru_cache(maxsize=8)
+def _config(name_or_path: str):
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(resolve_name_or_path(name_or_path), trust_remote_code=False)
+    if config.model_type != "gemma4":
+        raise ValueError(f"model.name_or_path={name_or_path!r} is a {config.model_type!r} model; medqlora "
+                         "trains Gemma 4 (e.g. google/gemma-4-E2B-it or `tiny`)")
+    return config
+
+
+def load_config(name_or_path: str):
+    """The model config, checked to be Gemma 4 (medqlora's LoRA targets, template and loss assume it); read once
+    per process, a fresh copy each call (loading edits it)."""
+    return copy.deepcopy(_config(name_or_path))
+
+
+def max_positions(name_or_path: str) -> int:
+    """How many positions the model's text decoder has."""
+    return _config(name_or_path).get_text_config().max_position_embeddings
