@@ -34,10 +34,13 @@ def recipe(path: Path = RECIPE_FILE) -> dict:
     """The recipe's settings, read from its YAML (never restated here): model section, lengths, accumulation."""
     config = yaml.safe_load(path.read_text())
     callbacks = {c["class_path"].rsplit(".", 1)[-1]: c.get("init_args") or {} for c in config["trainer"]["callbacks"]}
-    return {"model": config["model"], "max_length": config["data"]["max_length"],
-            "micro_batch": config["data"]["micro_batch_size"],
-            "accumulate": callbacks["GradientAccumulation"]["accumulate"],
-            "warmup_ratio": callbacks["CosineWarmup"]["warmup_ratio"]}
+    return {
+        "model": config["model"],
+        "max_length": config["data"]["max_length"],
+        "micro_batch": config["data"]["micro_batch_size"],
+        "accumulate": callbacks["GradientAccumulation"]["accumulate"],
+        "warmup_ratio": callbacks["CosineWarmup"]["warmup_ratio"],
+    }
 
 
 RECIPE = recipe()
@@ -102,8 +105,7 @@ def batch_stats(batch: dict) -> dict:
     labels, real = batch["labels"], batch["input_ids"] != 0  # synthetic ids are never the pad id 0
     tokens = int(real.sum())
     rows = int(((batch["position_ids"] == 0) & real).sum()) if "position_ids" in batch else labels.shape[0]
-    return {"tokens": tokens, "supervised": int((labels[:, 1:] != -100).sum()), "rows": rows,
-            "slots": labels.numel()}
+    return {"tokens": tokens, "supervised": int((labels[:, 1:] != -100).sum()), "rows": rows, "slots": labels.numel()}
 
 
 def run_plain(model_path: str, rows: list[dict], device: torch.device) -> Clock:
@@ -115,15 +117,25 @@ def run_plain(model_path: str, rows: list[dict], device: torch.device) -> Clock:
     from medqlora.data.collate import pad_collate
     from medqlora.model.lora import LoraSpec
 
-    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=torch.bfloat16)
-    model = AutoModelForCausalLM.from_pretrained(model_path, quantization_config=quant, dtype=torch.bfloat16,
-                                                 device_map={"": str(device)})
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+    model = AutoModelForCausalLM.from_pretrained(
+        model_path, quantization_config=quant, dtype=torch.bfloat16, device_map={"": str(device)}
+    )
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
     # the card's plain name list trips on the vision tower's Gemma4ClippableLinear: language model only
     spec = LoraSpec(**LORA)
-    lora = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=spec.target_regex(),
-                      task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=spec.r,
+        lora_alpha=spec.alpha,
+        lora_dropout=spec.dropout,
+        target_modules=spec.target_regex(),
+        task_type="CAUSAL_LM",
+    )
     model = get_peft_model(model, lora)
     model.config.use_cache = False
     optimizer = bnb.optim.AdamW8bit([p for p in model.parameters() if p.requires_grad], lr=LR)
@@ -132,7 +144,7 @@ def run_plain(model_path: str, rows: list[dict], device: torch.device) -> Clock:
     clock = Clock()
     clock.tick({})
     for i in range(WARMUP_BATCHES + TIMED_BATCHES):
-        batch = pad_collate(rows[i * MICRO_BATCH:(i + 1) * MICRO_BATCH], pad_id=0)
+        batch = pad_collate(rows[i * MICRO_BATCH : (i + 1) * MICRO_BATCH], pad_id=0)
         stats = batch_stats(batch)
         batch = {k: v.to(device) for k, v in batch.items()}
         with torch.autocast(device.type, dtype=torch.bfloat16):
@@ -145,8 +157,9 @@ def run_plain(model_path: str, rows: list[dict], device: torch.device) -> Clock:
     return clock
 
 
-def run_medqlora(model_path: str, rows: list[dict], device: torch.device,
-                 args: argparse.Namespace) -> tuple[Clock, dict, int]:
+def run_medqlora(
+    model_path: str, rows: list[dict], device: torch.device, args: argparse.Namespace
+) -> tuple[Clock, dict, int]:
     """medqlora's default path through the real Lightning Trainer, on 2 packed rows of 2048 tokens.
 
     With --devices N > 1 Lightning's launcher re-runs this script once per extra rank; each rank trains on its
@@ -164,8 +177,9 @@ def run_medqlora(model_path: str, rows: list[dict], device: torch.device,
     from medqlora.model.module import LeanSpec, QLoRAModule
 
     clock = Clock()
-    profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
-                                                  torch.profiler.ProfilerActivity.CUDA])
+    profiler = torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    )
 
     class Tick(Callback):
         def on_train_start(self, trainer, pl_module):
@@ -202,11 +216,16 @@ def run_medqlora(model_path: str, rows: list[dict], device: torch.device,
     class Rows(L.LightningDataModule):
         def train_dataloader(self):
             rank, world = self.trainer.global_rank, self.trainer.world_size
-            sampler = (PackingBatchSampler(lengths, args.pack_tokens, 0, True, rank, world, args.micro_batch)
-                       if packed else
-                       LengthGroupedBatchSampler(lengths, args.micro_batch, 0, True, True, rank, world))
-            return DataLoader(PackedRows(rows) if packed else rows, batch_sampler=sampler,
-                              collate_fn=Collator(packed=packed, pad_id=0, pack_tokens=args.pack_tokens))
+            sampler = (
+                PackingBatchSampler(lengths, args.pack_tokens, 0, True, rank, world, args.micro_batch)
+                if packed
+                else LengthGroupedBatchSampler(lengths, args.micro_batch, 0, True, True, rank, world)
+            )
+            return DataLoader(
+                PackedRows(rows) if packed else rows,
+                batch_sampler=sampler,
+                collate_fn=Collator(packed=packed, pad_id=0, pack_tokens=args.pack_tokens),
+            )
 
     memory = PeakMemory(every_n_steps=1)
     extra = []
@@ -221,18 +240,39 @@ def run_medqlora(model_path: str, rows: list[dict], device: torch.device,
 
         quant = QuantSpec(**{**RECIPE["model"]["quantization"], "quant_storage": "bfloat16"})
         strategy = QLoRAFSDPStrategy()
-    trainer = L.Trainer(accelerator=device.type, devices=args.devices, strategy=strategy, precision="bf16-mixed",
-                        max_epochs=1, use_distributed_sampler=False,
-                        limit_train_batches=WARMUP_BATCHES + TIMED_BATCHES, limit_val_batches=0, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[GradientAccumulation(ACCUMULATE), CosineWarmup(RECIPE["warmup_ratio"]), memory,
-                                   Tick(), *extra])
+    trainer = L.Trainer(
+        accelerator=device.type,
+        devices=args.devices,
+        strategy=strategy,
+        precision="bf16-mixed",
+        max_epochs=1,
+        use_distributed_sampler=False,
+        limit_train_batches=WARMUP_BATCHES + TIMED_BATCHES,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[GradientAccumulation(ACCUMULATE), CosineWarmup(RECIPE["warmup_ratio"]), memory, Tick(), *extra],
+    )
     settings = RECIPE["model"]  # the recipe's model section, with the case's lean switches on top
-    lean = LeanSpec(**{**settings["lean"], "ple_on_host": not args.ple_on_gpu, "loss_chunk_size": args.loss_chunk,
-                       "attention": args.attention})
-    module = QLoRAModule(model_path, quantization=quant, lora=LoraSpec(**settings["lora"]),
-                         optimizer=settings["optimizer"], lr=settings["lr"],
-                         gradient_checkpointing=settings["gradient_checkpointing"], lean=lean)
+    lean = LeanSpec(
+        **{
+            **settings["lean"],
+            "ple_on_host": not args.ple_on_gpu,
+            "loss_chunk_size": args.loss_chunk,
+            "attention": args.attention,
+        }
+    )
+    module = QLoRAModule(
+        model_path,
+        quantization=quant,
+        lora=LoraSpec(**settings["lora"]),
+        optimizer=settings["optimizer"],
+        lr=settings["lr"],
+        gradient_checkpointing=settings["gradient_checkpointing"],
+        lean=lean,
+    )
     trainer.fit(module, datamodule=Rows())
     return clock, memory.summary, trainer.world_size if trainer.is_global_zero else -1
 
@@ -242,11 +282,17 @@ def summarise(system: str, kind: str, clock: Clock, device: torch.device) -> dic
     timed = clock.steps[WARMUP_BATCHES:]
     seconds = sum(s for s, _ in timed)
     total = {k: sum(st[k] for _, st in timed) for k in ("tokens", "supervised", "rows", "slots")}
-    case = {"system": system, "rows": kind, "steps_timed": len(timed),
-            "step_s_median": statistics.median(s for s, _ in timed),
-            "tokens_per_s": total["tokens"] / seconds, "supervised_tokens_per_s": total["supervised"] / seconds,
-            "rows_per_s": total["rows"] / seconds, "padding_share": 1 - total["tokens"] / total["slots"],
-            "epoch_minutes": EPOCH_ROWS / (total["rows"] / seconds) / 60}
+    case = {
+        "system": system,
+        "rows": kind,
+        "steps_timed": len(timed),
+        "step_s_median": statistics.median(s for s, _ in timed),
+        "tokens_per_s": total["tokens"] / seconds,
+        "supervised_tokens_per_s": total["supervised"] / seconds,
+        "rows_per_s": total["rows"] / seconds,
+        "padding_share": 1 - total["tokens"] / total["slots"],
+        "epoch_minutes": EPOCH_ROWS / (total["rows"] / seconds) / 60,
+    }
     if device.type == "cuda":
         case["peak_alloc_gib"] = torch.cuda.max_memory_allocated(device) / GIB
         case["peak_reserved_gib"] = torch.cuda.max_memory_reserved(device) / GIB
@@ -261,8 +307,13 @@ def case(args: argparse.Namespace) -> None:
     model_path = resolve_name_or_path(args.model)
     vocab = load_config(model_path).get_text_config().vocab_size
     scale = max(1, args.pack_tokens * args.micro_batch // (MICRO_BATCH * MAX_LEN))
-    n_rows = (MICRO_BATCH * (WARMUP_BATCHES + TIMED_BATCHES) * (8 if args.rows == "real-lengths" else 1) * scale
-              * args.devices)
+    n_rows = (
+        MICRO_BATCH
+        * (WARMUP_BATCHES + TIMED_BATCHES)
+        * (8 if args.rows == "real-lengths" else 1)
+        * scale
+        * args.devices
+    )
     rows = synthetic_rows(args.rows, n_rows, vocab, seed=0)
     if args.rows == "full-2x2048" and args.model == "tiny":
         rows = [{k: v[:256] for k, v in r.items()} for r in rows]  # CPU smoke test
@@ -272,9 +323,16 @@ def case(args: argparse.Namespace) -> None:
         clock, memory, world = run_medqlora(model_path, rows, device, args)
         if world < 0:
             return  # not rank 0: rank 0 writes the case
-        variant = {"strategy": args.strategy, "devices": world, "layout": args.layout, "micro_batch": args.micro_batch,
-                   "pack_tokens": args.pack_tokens if args.layout == "packed" else None,
-                   "ple_on_host": not args.ple_on_gpu, "loss_chunk": args.loss_chunk, "attention": args.attention}
+        variant = {
+            "strategy": args.strategy,
+            "devices": world,
+            "layout": args.layout,
+            "micro_batch": args.micro_batch,
+            "pack_tokens": args.pack_tokens if args.layout == "packed" else None,
+            "ple_on_host": not args.ple_on_gpu,
+            "loss_chunk": args.loss_chunk,
+            "attention": args.attention,
+        }
         result = {**summarise(args.system, args.rows, clock, device), **variant, "memory_split": memory}
         if "peak_gib" in memory and device.type == "cuda":
             # PeakMemory resets the CUDA peak every interval: its running maximum is the training peak
@@ -311,8 +369,16 @@ def merge(args: argparse.Namespace) -> None:
                 if "peak_alloc_gib" in c:
                     c["memory_ratio_vs_plain"] = c["peak_alloc_gib"] / base["peak_alloc_gib"]
     for c in cases:  # multi-GPU cases against the one-GPU case of the same rows and micro-batch
-        single = next((s for s in cases if s.get("strategy") == "single" and s["rows"] == c["rows"]
-                       and s.get("micro_batch") == c.get("micro_batch")), None)
+        single = next(
+            (
+                s
+                for s in cases
+                if s.get("strategy") == "single"
+                and s["rows"] == c["rows"]
+                and s.get("micro_batch") == c.get("micro_batch")
+            ),
+            None,
+        )
         if single and c.get("strategy"):
             c["speedup_vs_1"] = c["tokens_per_s"] / single["tokens_per_s"]
     out = {"gpu": gpu, "versions": versions, "command": args.command, "cases": cases}

@@ -28,8 +28,10 @@ from medqlora.model.lora import LoraSpec
 from medqlora.model.module import QLoRAModule
 
 rng = random.Random(0)
-ROWS = [{"input_ids": ids, "labels": [-100] * 8 + ids[8:]}
-        for ids in ([2] + [rng.randrange(3, 1000) for _ in range(rng.randrange(24, 64))] for _ in range(64))]
+ROWS = [
+    {"input_ids": ids, "labels": [-100] * 8 + ids[8:]}
+    for ids in ([2] + [rng.randrange(3, 1000) for _ in range(rng.randrange(24, 64))] for _ in range(64))
+]
 
 
 class Keep(L.Callback):
@@ -41,26 +43,42 @@ class Keep(L.Callback):
 
 class Rows(L.LightningDataModule):
     def train_dataloader(self):
-        sampler = LengthGroupedBatchSampler([len(r["input_ids"]) for r in ROWS], 4, 0, True, False,
-                                            self.trainer.global_rank, self.trainer.world_size)
+        sampler = LengthGroupedBatchSampler(
+            [len(r["input_ids"]) for r in ROWS], 4, 0, True, False, self.trainer.global_rank, self.trainer.world_size
+        )
         progress = self.trainer.fit_loop.epoch_loop.batch_progress  # resume at the next unseen batch
-        return ResumableDataLoader(ROWS, batch_sampler=sampler, collate_fn=lambda b: pad_collate(b, 0),
-                                   batches_done=lambda: progress.current.processed)
+        return ResumableDataLoader(
+            ROWS,
+            batch_sampler=sampler,
+            collate_fn=lambda b: pad_collate(b, 0),
+            batches_done=lambda: progress.current.processed,
+        )
 
 
 def fit(max_steps: int, workdir: str, ckpt_path: str | None = None, ddp: bool = False) -> dict:
     torch.manual_seed(0)
-    module = QLoRAModule("tiny", quantization=QuantSpec(quant_storage="bfloat16"), lora=LoraSpec(dropout=0.0),
-                         optimizer=sys.argv[2] if len(sys.argv) > 2 else "adamw_8bit", lr=1e-3,
-                         gradient_checkpointing="no-ckpt" not in sys.argv[3:])
+    module = QLoRAModule(
+        "tiny",
+        quantization=QuantSpec(quant_storage="bfloat16"),
+        lora=LoraSpec(dropout=0.0),
+        optimizer=sys.argv[2] if len(sys.argv) > 2 else "adamw_8bit",
+        lr=1e-3,
+        gradient_checkpointing="no-ckpt" not in sys.argv[3:],
+    )
     on_cpu = os.environ.get("DIAG_ACCELERATOR") == "cpu"  # a gloo DDP smoke test of the script itself
-    trainer = L.Trainer(accelerator="cpu" if on_cpu else "gpu", devices=2,
-                        strategy="ddp" if on_cpu or ddp else QLoRAFSDPStrategy(), precision="bf16-mixed",
-                        deterministic="warn",
-                        max_steps=max_steps, logger=False, enable_progress_bar=False, use_distributed_sampler=False,
-                        callbacks=[ModelCheckpoint(dirpath=workdir, save_last=True, every_n_train_steps=1),
-                                   keep := Keep()],
-                        default_root_dir=workdir)
+    trainer = L.Trainer(
+        accelerator="cpu" if on_cpu else "gpu",
+        devices=2,
+        strategy="ddp" if on_cpu or ddp else QLoRAFSDPStrategy(),
+        precision="bf16-mixed",
+        deterministic="warn",
+        max_steps=max_steps,
+        logger=False,
+        enable_progress_bar=False,
+        use_distributed_sampler=False,
+        callbacks=[ModelCheckpoint(dirpath=workdir, save_last=True, every_n_train_steps=1), keep := Keep()],
+        default_root_dir=workdir,
+    )
     trainer.fit(module, datamodule=Rows(), ckpt_path=ckpt_path, weights_only=False)
     return keep.weights
 
@@ -85,12 +103,17 @@ def main() -> None:
             b_moved = torch.cat([whole[k].flatten() for k in whole if "lora_B" in k])
             return {"max_abs": delta.abs().max().item(), "lora_B_rel_norm": (b_delta.norm() / b_moved.norm()).item()}
 
-        report = {"tensors": len(whole), "same_names": whole.keys() == resumed.keys() == ddp.keys(),
-                  "resumed_vs_whole": diff(resumed), "fsdp_rerun_vs_whole": diff(again), "ddp_vs_whole": diff(ddp),
-                  "largest_lora_B": max(whole[k].abs().max().item() for k in whole if "lora_B" in k),
-                  "checkpoint_keys": sorted(saved["state_dict"])[:3],
-                  "checkpoint_tensors": len(saved["state_dict"]),
-                  "optimizer_ranks": len(saved["optimizer_states"][0].get("fsdp_rank_states", []))}
+        report = {
+            "tensors": len(whole),
+            "same_names": whole.keys() == resumed.keys() == ddp.keys(),
+            "resumed_vs_whole": diff(resumed),
+            "fsdp_rerun_vs_whole": diff(again),
+            "ddp_vs_whole": diff(ddp),
+            "largest_lora_B": max(whole[k].abs().max().item() for k in whole if "lora_B" in k),
+            "checkpoint_keys": sorted(saved["state_dict"])[:3],
+            "checkpoint_tensors": len(saved["state_dict"]),
+            "optimizer_ranks": len(saved["optimizer_states"][0].get("fsdp_rank_states", [])),
+        }
         Path(sys.argv[1]).write_text(json.dumps(report, indent=2))
         print(json.dumps(report, indent=2))
 

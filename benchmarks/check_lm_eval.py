@@ -36,8 +36,11 @@ def harness_logprobs(model, tokenizer, items) -> list[list[float]]:
     """log p(choice | prompt) for every choice of every item, computed by lm-evaluation-harness."""
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=8, add_bos_token=False, device="cpu")
     prompts = [generation_prompt([{"role": "user", "content": item.user}], tokenizer, thinking=False) for item in items]
-    requests = [Instance("loglikelihood", doc={}, arguments=(prompt, choice), idx=c)
-                for prompt, item in zip(prompts, items) for c, choice in enumerate(item.choices)]
+    requests = [
+        Instance("loglikelihood", doc={}, arguments=(prompt, choice), idx=c)
+        for prompt, item in zip(prompts, items)
+        for c, choice in enumerate(item.choices)
+    ]
     results = iter(value for value, _greedy in lm.loglikelihood(requests, disable_tqdm=True))
     return [[next(results) for _ in item.choices] for item in items]
 
@@ -51,8 +54,7 @@ def agreement(ours: list[list[float]], theirs: list[list[float]], items) -> dict
         same_norm += norm_a == norm_b
     gap = max(abs(x - y) for a, b in zip(ours, theirs) for x, y in zip(a, b))
     n = len(items)
-    return {"items": n, "same_choice_raw": same_raw / n, "same_choice_norm": same_norm / n,
-            "max_abs_loglik_diff": gap}
+    return {"items": n, "same_choice_raw": same_raw / n, "same_choice_norm": same_norm / n, "max_abs_loglik_diff": gap}
 
 
 PRECISIONS = {  # fp32: the two scorers' logic, exactly; nf4-bf16: what `medqlora eval` runs
@@ -67,10 +69,11 @@ def main() -> None:
         parser.add_argument(name, type=Path)
     parser.add_argument("--limit", type=int, default=50)
     args = parser.parse_args()
-    specs = [BenchmarkSpec(name="medqa", kind="medqa", path=str(args.medqa), limit=args.limit),
-             BenchmarkSpec(name="medqa-letter", kind="medqa", path=str(args.medqa), limit=args.limit,
-                           prompt="letter"),
-             BenchmarkSpec(name="pubmedqa", kind="pubmedqa", path=str(args.pubmedqa), limit=args.limit)]
+    specs = [
+        BenchmarkSpec(name="medqa", kind="medqa", path=str(args.medqa), limit=args.limit),
+        BenchmarkSpec(name="medqa-letter", kind="medqa", path=str(args.medqa), limit=args.limit, prompt="letter"),
+        BenchmarkSpec(name="pubmedqa", kind="pubmedqa", path=str(args.pubmedqa), limit=args.limit),
+    ]
     report = {"lm_eval": version("lm-eval"), "tolerance_nats_fp32": TOLERANCE, "runs": {}}
     for precision, quant in PRECISIONS.items():
         model, tokenizer = load_adapted(args.adapter, device="cpu", quant=quant)

@@ -1,6 +1,6 @@
 """Plot a benchmark result file: supervised tokens/s and peak VRAM per case.
 
-    python benchmarks/plot.py benchmarks/results/2026-11-25-h100-run2.json docs/benchmarks.png
+python benchmarks/plot.py benchmarks/results/2026-11-25-h100-run2.json docs/benchmarks.png
 """
 
 from __future__ import annotations

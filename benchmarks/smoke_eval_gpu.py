@@ -41,8 +41,10 @@ if device.type == "cuda":
 
 report = {}
 model, tokenizer = load_adapted(adapter)
-items = [Item(f"q{i}", f"Question {i}: which organ? " + "context " * (i % 7 * 20), ("A", "B", "C", "D"), i % 4)
-         for i in range(64)]
+items = [
+    Item(f"q{i}", f"Question {i}: which organ? " + "context " * (i % 7 * 20), ("A", "B", "C", "D"), i % 4)
+    for i in range(64)
+]
 if device.type == "cuda":
     torch.cuda.reset_peak_memory_stats()
 start = time.perf_counter()

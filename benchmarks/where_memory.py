@@ -30,8 +30,13 @@ def _gib(read) -> float:
 def cuda_census(module: torch.nn.Module, min_bytes: int = 2**26) -> list[tuple[float, str]]:
     """(GiB, description) of every large CUDA tensor reachable from Python, largest first."""
     named = {id(p): f"param {n} requires_grad={p.requires_grad}" for n, p in module.named_parameters()}
-    named.update({id(p.grad): f"grad of {n} requires_grad={p.requires_grad}"
-                  for n, p in module.named_parameters() if p.grad is not None})
+    named.update(
+        {
+            id(p.grad): f"grad of {n} requires_grad={p.requires_grad}"
+            for n, p in module.named_parameters()
+            if p.grad is not None
+        }
+    )
     named.update({id(b): f"buffer {n}" for n, b in module.named_buffers()})
     found = []
     for obj in gc.get_objects():
@@ -55,14 +60,21 @@ class MemoryTrace(Callback):
         if trainer.fit_loop.epoch_loop.batch_progress.current.ready >= self.until + 1:
             return
         _sync()
-        print(f"trace step={trainer.global_step} {where:<16} alloc {_gib(torch.cuda.memory_allocated):6.2f} GiB"
-              f"  max {_gib(torch.cuda.max_memory_allocated):6.2f}  t {time.perf_counter() - self._t0:6.3f} s",
-              flush=True)
+        print(
+            f"trace step={trainer.global_step} {where:<16} alloc {_gib(torch.cuda.memory_allocated):6.2f} GiB"
+            f"  max {_gib(torch.cuda.max_memory_allocated):6.2f}  t {time.perf_counter() - self._t0:6.3f} s",
+            flush=True,
+        )
 
     def on_train_start(self, trainer, pl_module):
         _sync()
-        print("trace train_start alloc", round(_gib(torch.cuda.memory_allocated), 2), "GiB; census:",
-              cuda_census(pl_module)[:12], flush=True)
+        print(
+            "trace train_start alloc",
+            round(_gib(torch.cuda.memory_allocated), 2),
+            "GiB; census:",
+            cuda_census(pl_module)[:12],
+            flush=True,
+        )
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         _sync()

@@ -16,8 +16,11 @@ from medqlora.model.module import LeanSpec, QLoRAModule
 
 CONVERSATIONS = [
     Conversation(user="Name the first-line treatment for gout.", answer="Colchicine is first-line."),
-    Conversation(user="What confirms hypothyroidism?", answer="A raised serum TSH.",
-                 reasoning="Fatigue and weight gain suggest it; TSH confirms."),
+    Conversation(
+        user="What confirms hypothyroidism?",
+        answer="A raised serum TSH.",
+        reasoning="Fatigue and weight gain suggest it; TSH confirms.",
+    ),
     Conversation(user="Treat anaphylaxis how?", answer="Intramuscular epinephrine.", system="Be brief."),
 ]
 

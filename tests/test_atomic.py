@@ -23,8 +23,9 @@ def _half_write(self, checkpoint, path, storage_options=None):
 
 
 @pytest.mark.faults
-@pytest.mark.parametrize("io_class, survives", [(AtomicCheckpointIO, True), (TorchCheckpointIO, False)],
-                         ids=["atomic", "lightning-default"])
+@pytest.mark.parametrize(
+    "io_class, survives", [(AtomicCheckpointIO, True), (TorchCheckpointIO, False)], ids=["atomic", "lightning-default"]
+)
 def test_checkpoint_write_that_dies_keeps_the_previous_checkpoint(tmp_path, monkeypatch, io_class, survives):
     io, path = io_class(), tmp_path / "last.ckpt"
     io.save_checkpoint({"global_step": 1, "w": torch.ones(3)}, path)
@@ -83,8 +84,9 @@ def test_the_optional_kernels_hint_of_bitsandbytes_is_kept_at_debug_level(caplog
     assert [(r.levelname, r.getMessage()) for r in caplog.records] == [("DEBUG", hint)]
 
 
-@pytest.mark.parametrize("seconds, text", [(14.2, "14 s"), (200, "3 min 20 s"), (3599, "59 min 59 s"),
-                                           (7500, "2 h 05 min")])
+@pytest.mark.parametrize(
+    "seconds, text", [(14.2, "14 s"), (200, "3 min 20 s"), (3599, "59 min 59 s"), (7500, "2 h 05 min")]
+)
 def test_wall_time_is_readable_at_any_length(seconds, text):
     from medqlora.model.card import duration
 

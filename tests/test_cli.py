@@ -56,8 +56,11 @@ def test_the_recipe_is_the_model_cards(capsys):
     model, data, trainer = config["model"], config["data"], config["trainer"]
     callbacks = {c["class_path"].rsplit(".", 1)[-1]: c.get("init_args") or {} for c in trainer["callbacks"]}
     assert model["name_or_path"] == "google/gemma-4-E2B-it"
-    assert (model["quantization"]["quant_type"], model["quantization"]["double_quant"],
-            model["quantization"]["compute_dtype"]) == ("nf4", True, "bfloat16")
+    assert (
+        model["quantization"]["quant_type"],
+        model["quantization"]["double_quant"],
+        model["quantization"]["compute_dtype"],
+    ) == ("nf4", True, "bfloat16")
     assert (model["lora"]["r"], model["lora"]["alpha"], model["lora"]["dropout"]) == (16, 16, 0.05)
     assert model["lora"]["targets"] == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     assert model["optimizer"] == "adamw_8bit" and model["lr"] == pytest.approx(2e-4)
@@ -86,8 +89,16 @@ def test_tiny_fit_writes_a_run_directory_and_resumes(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run(["fit", "--config", str(TINY), "--trainer.max_steps", "3", "--trainer.val_check_interval", "2"])
     run_dir = _run_dir()
-    for name in ("metrics.csv", "config.yaml", "data_card.json", "data_card.md", "memory.json",
-                 "adapter/adapter_model.safetensors", "adapter/README.md", "checkpoints/last.ckpt"):
+    for name in (
+        "metrics.csv",
+        "config.yaml",
+        "data_card.json",
+        "data_card.md",
+        "memory.json",
+        "adapter/adapter_model.safetensors",
+        "adapter/README.md",
+        "checkpoints/last.ckpt",
+    ):
         assert (run_dir / name).exists(), name
     assert list(run_dir.glob("events.out.tfevents.*")), "no TensorBoard events"
     rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
@@ -100,8 +111,17 @@ def test_tiny_fit_writes_a_run_directory_and_resumes(tmp_path, monkeypatch):
     assert 1 <= checkpoint["global_step"] <= 3  # saved at a validation before max_steps
 
     first_wall = json.loads((run_dir / "memory.json").read_text())["wall_time_s"]
-    cli = run(["fit", "--config", str(TINY), "--trainer.max_steps", "5",
-               "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt")])
+    cli = run(
+        [
+            "fit",
+            "--config",
+            str(TINY),
+            "--trainer.max_steps",
+            "5",
+            "--ckpt_path",
+            str(run_dir / "checkpoints" / "last.ckpt"),
+        ]
+    )
     assert cli.trainer.global_step == 5
     assert cli.config.fit.weights_only is True  # the checkpoint loads without unpickling arbitrary objects
     assert _run_dir() == run_dir, "a resumed run continues in its own run directory"
@@ -110,18 +130,23 @@ def test_tiny_fit_writes_a_run_directory_and_resumes(tmp_path, monkeypatch):
     assert json.loads((run_dir / "memory.json").read_text())["wall_time_s"] > first_wall
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--model.lora.r", "0"], "model.lora.r=0"),
-    (["--model.optimizer", "sgd"], "sgd"),
-    (["--data.reasoning", "sometimes"], "sometimes"),
-    (["--model.lr", "-1"], "model.lr=-1"),
-    (["--data.val_fraction", "0.9"], "data.val_fraction=0.9"),
-    (["--model.quantization.quant_type", "int3"], "int3"),
-    (["--model.lora.rank", "8"], "rank"),  # an unknown key
-    (["--model.lr", "fast"], "fast"),  # a wrong type
-    (["--model.quantization.double_quant", "true", "--model.quantization.load_in_4bit", "false"],
-     "double_quant=true needs load_in_4bit=true"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model.lora.r", "0"], "model.lora.r=0"),
+        (["--model.optimizer", "sgd"], "sgd"),
+        (["--data.reasoning", "sometimes"], "sometimes"),
+        (["--model.lr", "-1"], "model.lr=-1"),
+        (["--data.val_fraction", "0.9"], "data.val_fraction=0.9"),
+        (["--model.quantization.quant_type", "int3"], "int3"),
+        (["--model.lora.rank", "8"], "rank"),  # an unknown key
+        (["--model.lr", "fast"], "fast"),  # a wrong type
+        (
+            ["--model.quantization.double_quant", "true", "--model.quantization.load_in_4bit", "false"],
+            "double_quant=true needs load_in_4bit=true",
+        ),
+    ],
+)
 def test_bad_values_fail_naming_field_and_value(args, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises((SystemExit, ValueError)) as err:
@@ -134,8 +159,17 @@ def test_bad_values_fail_naming_field_and_value(args, message, capsys, tmp_path,
 def test_asking_for_a_gpu_without_one_says_so(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError, match=r"trainer.accelerator='gpu' but no CUDA GPU is visible.*accelerator cpu"):
-        run(["fit", "--config", str(REPO / "configs" / "gemma4-e2b-medical.yaml"), "--model.name_or_path", "tiny",
-              "--data.max_length", "256"])
+        run(
+            [
+                "fit",
+                "--config",
+                str(REPO / "configs" / "gemma4-e2b-medical.yaml"),
+                "--model.name_or_path",
+                "tiny",
+                "--data.max_length",
+                "256",
+            ]
+        )
 
 
 def test_max_length_beyond_the_models_positions_fails_at_parse_time(capsys, tmp_path, monkeypatch):
@@ -146,10 +180,13 @@ def test_max_length_beyond_the_models_positions_fails_at_parse_time(capsys, tmp_
 
 
 @pytest.mark.faults
-@pytest.mark.parametrize("error, message", [
-    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), "Lower data.micro_batch_size"),
-    (OSError(28, "No space left on device", "runs/x/last.ckpt"), "disk full while writing runs/x/last.ckpt"),
-])
+@pytest.mark.parametrize(
+    "error, message",
+    [
+        (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), "Lower data.micro_batch_size"),
+        (OSError(28, "No space left on device", "runs/x/last.ckpt"), "disk full while writing runs/x/last.ckpt"),
+    ],
+)
 def test_resource_errors_say_which_knob_to_turn(tmp_path, monkeypatch, error, message):
     from medqlora.model.module import QLoRAModule
 
@@ -194,17 +231,37 @@ def test_resume_refuses_a_setting_that_differs_from_the_checkpoint(tmp_path, mon
         run(["fit", "--config", str(TINY), "--ckpt_path", str(checkpoint), "--model.lean.loss_chunk_size", "64"])
     assert len(list(Path("runs/tiny").iterdir())) == 1  # refused before a run directory was made
     # the same values spelled out are no difference
-    cli = run(["fit", "--config", str(TINY), "--ckpt_path", str(checkpoint), "--model.lr", "0.005",
-               "--trainer.max_steps", "3"])
+    cli = run(
+        [
+            "fit",
+            "--config",
+            str(TINY),
+            "--ckpt_path",
+            str(checkpoint),
+            "--model.lr",
+            "0.005",
+            "--trainer.max_steps",
+            "3",
+        ]
+    )
     assert cli.trainer.global_step == 3
 
 
 @pytest.mark.faults
 def test_an_interrupted_run_exits_128_plus_the_signal_and_its_adapter_says_it_is_unfinished(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code = main(["fit", "--config", str(TINY), "--trainer.max_steps", "6",
-                 "--trainer.callbacks+=faults_helpers.SignalAtBatch", "--trainer.callbacks.batch=3",
-                 f"--trainer.callbacks.signum={int(signal.SIGTERM)}"])
+    code = main(
+        [
+            "fit",
+            "--config",
+            str(TINY),
+            "--trainer.max_steps",
+            "6",
+            "--trainer.callbacks+=faults_helpers.SignalAtBatch",
+            "--trainer.callbacks.batch=3",
+            f"--trainer.callbacks.signum={int(signal.SIGTERM)}",
+        ]
+    )
     assert code == 128 + signal.SIGTERM
     run_dir = _run_dir()
     assert (run_dir / "checkpoints" / "interrupted.ckpt").is_file()
@@ -212,8 +269,20 @@ def test_an_interrupted_run_exits_128_plus_the_signal_and_its_adapter_says_it_is
     assert state == {"step": 3, "total_steps": 6, "kind": "final"}  # signal after micro-batch 4: saved at step 3
     card = (run_dir / "adapter" / "README.md").read_text()
     assert "Training did not finish" in card and "optimizer step 3 of 6" in card and "interrupted.ckpt" in card
-    assert run(["fit", "--config", str(TINY), "--trainer.max_steps", "6",
-                "--ckpt_path", str(run_dir / "checkpoints" / "interrupted.ckpt")]).trainer.global_step == 6
+    assert (
+        run(
+            [
+                "fit",
+                "--config",
+                str(TINY),
+                "--trainer.max_steps",
+                "6",
+                "--ckpt_path",
+                str(run_dir / "checkpoints" / "interrupted.ckpt"),
+            ]
+        ).trainer.global_step
+        == 6
+    )
     assert "after all 6 optimizer steps" in (run_dir / "adapter" / "README.md").read_text()
 
 
@@ -221,8 +290,21 @@ def test_an_interrupted_run_exits_128_plus_the_signal_and_its_adapter_says_it_is
 def test_evaluation_subcommands_write_no_adapter_and_name_their_folder(tmp_path, monkeypatch, subcommand, prefix):
     monkeypatch.chdir(tmp_path)
     checkpoint = _trained_run() / "checkpoints" / "last.ckpt"
-    run([subcommand, "--config", str(TINY), "--ckpt_path", str(checkpoint), "--trainer.limit_val_batches", "2",
-         "--trainer.limit_test_batches", "2", "--trainer.limit_predict_batches", "2"])
+    run(
+        [
+            subcommand,
+            "--config",
+            str(TINY),
+            "--ckpt_path",
+            str(checkpoint),
+            "--trainer.limit_val_batches",
+            "2",
+            "--trainer.limit_test_batches",
+            "2",
+            "--trainer.limit_predict_batches",
+            "2",
+        ]
+    )
     made = [d for d in Path("runs/tiny").iterdir() if d.name.startswith(f"{subcommand}-")]
     assert len(made) == 1
     assert not list(Path("runs").rglob(f"{subcommand}-*/adapter*"))
@@ -244,13 +326,33 @@ def test_the_recipe_runs_on_local_files_with_the_shipped_overlay(tmp_path, monke
     leaked = json.loads((samples / "alpacare.jsonl").read_text().splitlines()[0])["instruction"]
     (data / "medqa-usmle-test.jsonl").write_text(json.dumps({"question": "Not in the training rows at all?"}) + "\n")
     (data / "pubmedqa-labeled.jsonl").write_text(json.dumps({"question": leaked}) + "\n")
-    cli = run(["fit", "--config", str(REPO / "configs" / "gemma4-e2b-medical.yaml"),
-               "--config", str(REPO / "configs" / "local-files.yaml"), "--model.name_or_path", "tiny",
-               "--trainer.accelerator", "cpu", "--data.sample_policy", "all", "--data.num_workers", "0",
-               "--trainer.max_steps", "1", "--trainer.val_check_interval", "1.0", "--trainer.logger", "false"])
+    cli = run(
+        [
+            "fit",
+            "--config",
+            str(REPO / "configs" / "gemma4-e2b-medical.yaml"),
+            "--config",
+            str(REPO / "configs" / "local-files.yaml"),
+            "--model.name_or_path",
+            "tiny",
+            "--trainer.accelerator",
+            "cpu",
+            "--data.sample_policy",
+            "all",
+            "--data.num_workers",
+            "0",
+            "--trainer.max_steps",
+            "1",
+            "--trainer.val_check_interval",
+            "1.0",
+            "--trainer.logger",
+            "false",
+        ]
+    )
     assert cli.trainer.global_step == 1
     sources = cli.datamodule.card.content["sources"]
     assert {name: s["location"] for name, s in sources.items()} == {
-        name: str((data / f"{name}.jsonl").resolve()) for name in ("medqa", "o1", "alpacare")}
+        name: str((data / f"{name}.jsonl").resolve()) for name in ("medqa", "o1", "alpacare")
+    }
     assert sources["alpacare"]["removed"].get("eval_contamination") == 1
     assert all(s["train_rows"] > 0 for s in sources.values())

@@ -74,15 +74,20 @@ def test_curves_does_not_overwrite_a_file_it_did_not_make(run_dir, tmp_path, cap
 
 
 @pytest.mark.faults
-@pytest.mark.parametrize("make_args, message", [
-    (lambda d, t: ["generate", str(d / "adapter"), "--prompt", ""], "--prompt is empty"),
-    (lambda d, t: ["generate", str(d / "adapter"), "--prompt", "word " * 5000],
-     r"prompt 1 is [\d,]+ tokens; with --max-new-tokens 512 that exceeds the model's 4,096 positions"),
-    (lambda d, t: ["generate", str(t / "half"), "--prompt", "hi"], "has no weights file"),
-    (lambda d, t: ["eval", str(t / "half"), "--no-keypoints"], "has no weights file"),
-    (lambda d, t: ["generate", str(t / "nowhere"), "--prompt", "hi"], "is not a directory"),
-    (lambda d, t: ["generate", str(d / "adapter"), "--prompts-file", str(t / "none.txt")], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "make_args, message",
+    [
+        (lambda d, t: ["generate", str(d / "adapter"), "--prompt", ""], "--prompt is empty"),
+        (
+            lambda d, t: ["generate", str(d / "adapter"), "--prompt", "word " * 5000],
+            r"prompt 1 is [\d,]+ tokens; with --max-new-tokens 512 that exceeds the model's 4,096 positions",
+        ),
+        (lambda d, t: ["generate", str(t / "half"), "--prompt", "hi"], "has no weights file"),
+        (lambda d, t: ["eval", str(t / "half"), "--no-keypoints"], "has no weights file"),
+        (lambda d, t: ["generate", str(t / "nowhere"), "--prompt", "hi"], "is not a directory"),
+        (lambda d, t: ["generate", str(d / "adapter"), "--prompts-file", str(t / "none.txt")], "does not exist"),
+    ],
+)
 def test_bad_input_gets_one_line_naming_it(run_dir, tmp_path, capsys, make_args, message):
     (tmp_path / "half").mkdir()  # an adapter folder whose weights were never written
     (tmp_path / "half" / "adapter_config.json").write_text((run_dir / "adapter" / "adapter_config.json").read_text())
@@ -97,11 +102,14 @@ def test_eval_limit_zero_is_a_usage_error(run_dir, capsys):
 
 
 @pytest.mark.faults
-@pytest.mark.parametrize("content, message", [
-    (b"", "is empty (0 bytes)"),
-    (b"\x00garbage" * 40, "is not a torch checkpoint file"),
-    (None, "does not exist"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "is empty (0 bytes)"),
+        (b"\x00garbage" * 40, "is not a torch checkpoint file"),
+        (None, "does not exist"),
+    ],
+)
 def test_a_bad_checkpoint_is_refused_before_anything_is_built(tmp_path, monkeypatch, capsys, content, message):
     monkeypatch.chdir(tmp_path)
     checkpoint = tmp_path / "bad.ckpt"
@@ -131,7 +139,13 @@ def test_outputs_get_the_users_umask(tmp_path, monkeypatch):
         os.umask(previous)
         get_umask.cache_clear()
     made = next(Path("runs/tiny").iterdir())
-    for name in ("data_card.json", "data_card.md", "memory.json", "adapter/adapter_model.safetensors",
-                 "adapter/README.md", "checkpoints/last.ckpt"):
+    for name in (
+        "data_card.json",
+        "data_card.md",
+        "memory.json",
+        "adapter/adapter_model.safetensors",
+        "adapter/README.md",
+        "checkpoints/last.ckpt",
+    ):
         assert stat.S_IMODE((made / name).stat().st_mode) == 0o664, name
     assert stat.S_IMODE((made / "adapter").stat().st_mode) == 0o775

@@ -19,8 +19,14 @@ SCRIPT = Path(sys.executable).with_name("medqlora")  # what `pip install` put be
 
 def medqlora(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     assert SCRIPT.is_file(), f"{SCRIPT} is missing: install the package (README) before running the tests"
-    return subprocess.run([str(SCRIPT), *args], cwd=cwd, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    return subprocess.run(
+        [str(SCRIPT), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
 
 
 def test_fit_and_validate_exit_0_and_print_no_object(tmp_path):
@@ -29,8 +35,16 @@ def test_fit_and_validate_exit_0_and_print_no_object(tmp_path):
     assert "object at 0x" not in fit.stdout + fit.stderr
     assert "kernels" not in fit.stdout + fit.stderr  # bitsandbytes' optional-kernel hint stays at debug level
     checkpoint = next(tmp_path.glob("runs/tiny/*/checkpoints/last.ckpt"))
-    validate = medqlora("validate", "--config", str(TINY), "--ckpt_path", str(checkpoint),
-                        "--trainer.limit_val_batches", "1", cwd=tmp_path)
+    validate = medqlora(
+        "validate",
+        "--config",
+        str(TINY),
+        "--ckpt_path",
+        str(checkpoint),
+        "--trainer.limit_val_batches",
+        "1",
+        cwd=tmp_path,
+    )
     assert validate.returncode == 0, validate.stderr[-2000:]
     assert "object at 0x" not in validate.stdout + validate.stderr
 

@@ -26,23 +26,44 @@ STEPS = 3
 
 def _overlay(path: Path, accumulate: int) -> Path:
     """Callbacks for a short, deterministic run: accumulation, the lr schedule and the adapter export."""
-    callbacks = [{"class_path": "medqlora.callbacks.accumulation.GradientAccumulation",
-                  "init_args": {"accumulate": accumulate}},
-                 {"class_path": "medqlora.callbacks.schedule.CosineWarmup", "init_args": {"warmup_ratio": 0.3}},
-                 {"class_path": "medqlora.callbacks.adapter.AdapterExport", "init_args": {"save_best": False}}]
+    callbacks = [
+        {"class_path": "medqlora.callbacks.accumulation.GradientAccumulation", "init_args": {"accumulate": accumulate}},
+        {"class_path": "medqlora.callbacks.schedule.CosineWarmup", "init_args": {"warmup_ratio": 0.3}},
+        {"class_path": "medqlora.callbacks.adapter.AdapterExport", "init_args": {"save_best": False}},
+    ]
     path.write_text(json.dumps({"trainer": {"callbacks": callbacks}}))  # JSON is YAML
     return path
 
 
-def _fit(workdir: Path, devices: int, accumulate: int, steps: int = STEPS, *extra: str,
-         expect_code: int = 0) -> dict[str, torch.Tensor]:
+def _fit(
+    workdir: Path, devices: int, accumulate: int, steps: int = STEPS, *extra: str, expect_code: int = 0
+) -> dict[str, torch.Tensor]:
     workdir.mkdir(exist_ok=True)
     checkpointing = ["--trainer.enable_checkpointing", "false"] if not extra else []
-    cmd = [sys.executable, "-m", "medqlora", "fit", "--config", str(TINY),
-           "--config", str(_overlay(workdir / "overlay.yaml", accumulate)),
-           "--trainer.devices", str(devices), "--trainer.max_steps", str(steps), "--trainer.limit_val_batches", "0",
-           *checkpointing, "--model.lora.dropout", "0.0",
-           "--model.quantization.compute_dtype", "float32", "--trainer.precision", "32-true", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "medqlora",
+        "fit",
+        "--config",
+        str(TINY),
+        "--config",
+        str(_overlay(workdir / "overlay.yaml", accumulate)),
+        "--trainer.devices",
+        str(devices),
+        "--trainer.max_steps",
+        str(steps),
+        "--trainer.limit_val_batches",
+        "0",
+        *checkpointing,
+        "--model.lora.dropout",
+        "0.0",
+        "--model.quantization.compute_dtype",
+        "float32",
+        "--trainer.precision",
+        "32-true",
+        *extra,
+    ]
     if devices > 1:
         cmd += ["--trainer.strategy", "ddp"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
@@ -69,11 +90,22 @@ def test_two_rank_ddp_interrupted_on_one_rank_resumes_to_the_uninterrupted_adapt
     """SIGTERM reaches rank 0 only, after 2 of 4 optimizer steps: both ranks agree to save and stop, and the run
     resumed on 2 ranks (each continuing its own shard) ends with the uninterrupted run's adapter."""
     whole = _fit(tmp_path / "whole", 2, 1, 4)
-    interrupt = ["--trainer.callbacks+=medqlora.callbacks.interrupt.CheckpointOnInterrupt",
-                 "--trainer.callbacks.dirpath=interrupted"]
-    _fit(tmp_path / "parts", 2, 1, 4, *interrupt, "--trainer.callbacks+=faults_helpers.SignalAtBatch",
-         "--trainer.callbacks.batch=1", "--trainer.callbacks.signum=15", "--trainer.callbacks.rank=0",
-         expect_code=128 + 15)  # saved, then reported as stopped by SIGTERM
+    interrupt = [
+        "--trainer.callbacks+=medqlora.callbacks.interrupt.CheckpointOnInterrupt",
+        "--trainer.callbacks.dirpath=interrupted",
+    ]
+    _fit(
+        tmp_path / "parts",
+        2,
+        1,
+        4,
+        *interrupt,
+        "--trainer.callbacks+=faults_helpers.SignalAtBatch",
+        "--trainer.callbacks.batch=1",
+        "--trainer.callbacks.signum=15",
+        "--trainer.callbacks.rank=0",
+        expect_code=128 + 15,
+    )  # saved, then reported as stopped by SIGTERM
     checkpoint = tmp_path / "parts" / "interrupted" / "interrupted.ckpt"
     assert checkpoint.is_file()
     resumed = _fit(tmp_path / "parts", 2, 1, 4, *interrupt, "--ckpt_path", str(checkpoint))

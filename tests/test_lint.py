@@ -23,6 +23,11 @@ def test_ruff_check_is_clean():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_ruff_format_is_clean():
+    result = subprocess.run([_ruff(), "format", "--check", *PATHS], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, "run `ruff format src tests benchmarks notebooks`\n" + result.stdout + result.stderr
+
+
 def test_package_imports_without_gpu_or_network():
     code = "import medqlora.cli, medqlora.data.datamodule, medqlora.model.module; print('ok')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -32,8 +32,11 @@ def _execute(name: str, workdir: Path) -> list[str]:
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}).execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors, errors[0].get("evalue")
-    return ["".join(o.get("text", "") for o in c.outputs if o.output_type == "stream" and o.get("name") == "stdout")
-            for c in nb.cells if c.cell_type == "code"]
+    return [
+        "".join(o.get("text", "") for o in c.outputs if o.output_type == "stream" and o.get("name") == "stdout")
+        for c in nb.cells
+        if c.cell_type == "code"
+    ]
 
 
 def test_quickstart_trains_writes_its_run_and_generates(tmp_path, monkeypatch, tiny_dir):
@@ -67,5 +70,6 @@ def test_committed_notebooks_match_their_generator(tmp_path):
     generator.write(tmp_path)
     for path in NOTEBOOKS:
         fresh = [c.source for c in nbformat.read(tmp_path / path.name, as_version=4).cells]
-        assert fresh == [c.source for c in nbformat.read(path, as_version=4).cells], \
+        assert fresh == [c.source for c in nbformat.read(path, as_version=4).cells], (
             f"{path.name} differs from notebooks/make_notebooks.py; edit the script and rerun it"
+        )

@@ -21,10 +21,24 @@ EIGHT_BIT = ["--model.lora.r", "64", "--model.lora.alpha", "64"]
 
 
 def _fit(workdir: Path, *extra: str, expect_kill: bool = False, expect_code: int = 0) -> None:
-    cmd = [sys.executable, "-m", "medqlora", "fit", "--config", str(TINY), "--trainer.max_steps", str(MAX_STEPS),
-           "--trainer.val_check_interval", "1.0", "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
-           "--trainer.callbacks.every_n_train_steps=1", "--trainer.callbacks.save_last=true",
-           "--trainer.callbacks.dirpath=ckpt", *EIGHT_BIT, *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "medqlora",
+        "fit",
+        "--config",
+        str(TINY),
+        "--trainer.max_steps",
+        str(MAX_STEPS),
+        "--trainer.val_check_interval",
+        "1.0",
+        "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+        "--trainer.callbacks.every_n_train_steps=1",
+        "--trainer.callbacks.save_last=true",
+        "--trainer.callbacks.dirpath=ckpt",
+        *EIGHT_BIT,
+        *extra,
+    ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
     if expect_kill:
@@ -77,10 +91,12 @@ def test_killed_and_resumed_run_is_bit_identical(uninterrupted, tmp_path, kill_b
 @pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
 def test_a_signal_saves_at_the_step_boundary_and_the_resume_is_exact(uninterrupted, tmp_path, signum):
     number = int(getattr(__import__("signal"), signum))
-    sender = (f"--trainer.callbacks+=faults_helpers.SignalAtBatch --trainer.callbacks.batch=6 "
-              f"--trainer.callbacks.signum={number} "
-              "--trainer.callbacks+=medqlora.callbacks.interrupt.CheckpointOnInterrupt "
-              "--trainer.callbacks.dirpath=interrupted")
+    sender = (
+        f"--trainer.callbacks+=faults_helpers.SignalAtBatch --trainer.callbacks.batch=6 "
+        f"--trainer.callbacks.signum={number} "
+        "--trainer.callbacks+=medqlora.callbacks.interrupt.CheckpointOnInterrupt "
+        "--trainer.callbacks.dirpath=interrupted"
+    )
     _fit(tmp_path, *sender.split(), expect_code=128 + number)  # saved, then reported as stopped by the signal
     checkpoint = tmp_path / "interrupted" / "interrupted.ckpt"
     assert checkpoint.is_file()

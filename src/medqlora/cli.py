@@ -84,8 +84,10 @@ class MedQLoRACLI(LightningCLI):
             if saved:
                 changed += differences(settings(section, saved, cls), settings(section, given[section] or {}, cls))
         if changed:
-            raise ValueError(f"--ckpt_path {path}: " + "; ".join(changed) + ". A resumed run keeps the settings it "
-                             "was started with: drop these overrides, or start a new run without --ckpt_path")
+            raise ValueError(
+                f"--ckpt_path {path}: " + "; ".join(changed) + ". A resumed run keeps the settings it "
+                "was started with: drop these overrides, or start a new run without --ckpt_path"
+            )
 
     def before_instantiate_classes(self) -> None:
         """Validate what the trainer is asked for, and name the run directory: a fit's timestamp (the
@@ -93,9 +95,11 @@ class MedQLoRACLI(LightningCLI):
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
         accelerator = str(config.trainer.accelerator)
         if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-            raise ValueError(f"trainer.accelerator={accelerator!r} but no CUDA GPU is visible (torch "
-                             f"{torch.__version__}, CUDA build: {torch.version.cuda}); use --trainer.accelerator cpu "
-                             "or install a CUDA build of torch")
+            raise ValueError(
+                f"trainer.accelerator={accelerator!r} but no CUDA GPU is visible (torch "
+                f"{torch.__version__}, CUDA build: {torch.version.cuda}); use --trainer.accelerator cpu "
+                "or install a CUDA build of torch"
+            )
         if config.get("weights_only") is None and "weights_only" in config:
             config.weights_only = True  # medqlora's checkpoints hold tensors and plain containers only
         # ranks started by Lightning's launcher re-run this command later: they reuse rank 0's stamp
@@ -125,15 +129,19 @@ def run(args: list[str] | None = None) -> MedQLoRACLI | None:
     try:
         return MedQLoRACLI(QLoRAModule, MedicalMixDataModule, args=argv, save_config_kwargs={"overwrite": True})
     except torch.OutOfMemoryError as err:
-        raise SystemExit(f"CUDA out of memory ({str(err).splitlines()[0]}). Lower data.micro_batch_size or "
-                         "data.max_length, keep data.packing: true (fixed-size micro-batches), or lower "
-                         "model.lean.loss_chunk_size; resume from the last checkpoint with --ckpt_path.") from err
+        raise SystemExit(
+            f"CUDA out of memory ({str(err).splitlines()[0]}). Lower data.micro_batch_size or "
+            "data.max_length, keep data.packing: true (fixed-size micro-batches), or lower "
+            "model.lean.loss_chunk_size; resume from the last checkpoint with --ckpt_path."
+        ) from err
     except OSError as err:
         if err.errno != errno.ENOSPC:
             raise
-        raise SystemExit(f"disk full while writing {err.filename or 'an output'}: free space or set "
-                         "trainer.default_root_dir to a larger disk; checkpoints and adapters are written "
-                         "atomically, so the previous copies are intact.") from err
+        raise SystemExit(
+            f"disk full while writing {err.filename or 'an output'}: free space or set "
+            "trainer.default_root_dir to a larger disk; checkpoints and adapters are written "
+            "atomically, so the previous copies are intact."
+        ) from err
 
 
 def interrupted_by(cli: MedQLoRACLI | None) -> int | None:

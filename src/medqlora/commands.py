@@ -1,10 +1,10 @@
 """medqlora's own subcommands beside Lightning's fit/validate/test/predict: eval, generate, merge, card, curves.
 
-    medqlora eval runs/<name>/<version>/adapter [--limit 200] [--no-keypoints]
-    medqlora generate runs/.../adapter --prompt "How is gout treated?" [--thinking]
-    medqlora merge runs/.../adapter merged/            (bf16 safetensors, no PEFT needed to load)
-    medqlora card runs/<name>/<version>                (rewrite the adapter's model card)
-    medqlora curves runs/<name>/<version> [out.png]
+medqlora eval runs/<name>/<version>/adapter [--limit 200] [--no-keypoints]
+medqlora generate runs/.../adapter --prompt "How is gout treated?" [--thinking]
+medqlora merge runs/.../adapter merged/            (bf16 safetensors, no PEFT needed to load)
+medqlora card runs/<name>/<version>                (rewrite the adapter's model card)
+medqlora curves runs/<name>/<version> [out.png]
 """
 
 from __future__ import annotations
@@ -45,8 +45,9 @@ def _positive(value: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="medqlora", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="medqlora", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     ev = sub.add_parser("eval", help=COMMANDS["eval"], description=COMMANDS["eval"])
     ev.add_argument("adapter", type=Path)
@@ -54,8 +55,12 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--medqa", help="hub id or local file (default GBaker/MedQA-USMLE-4-options, test)")
     ev.add_argument("--pubmedqa", help="hub id or local file (default qiaojin/PubMedQA pqa_labeled)")
     ev.add_argument("--limit", type=_positive, help="score only the first N rows of each benchmark")
-    ev.add_argument("--medqa-prompt", choices=("training", "letter"), default="training",
-                    help="training: ask MedQA as the training rows render it (default); letter: ask for the letter")
+    ev.add_argument(
+        "--medqa-prompt",
+        choices=("training", "letter"),
+        default="training",
+        help="training: ask MedQA as the training rows render it (default); letter: ask for the letter",
+    )
     ev.add_argument("--no-keypoints", action="store_true", help="skip the 54 key-point prompts")
     ev.add_argument("--batch-size", type=_positive, default=BATCH_SIZE)
     ev.add_argument("--max-new-tokens", type=_positive, default=MAX_NEW_TOKENS, help="key-point answers")
@@ -86,8 +91,9 @@ def _parser() -> argparse.ArgumentParser:
 def _refuse_to_replace(path: Path, what: str) -> None:
     """Never delete or overwrite what the user made: an existing non-empty target needs --force."""
     if (path.is_dir() and any(path.iterdir())) or path.is_file():
-        raise FileExistsError(f"{what} {path} already exists and is not empty; choose a new path or add --force "
-                              "to replace it")
+        raise FileExistsError(
+            f"{what} {path} already exists and is not empty; choose a new path or add --force to replace it"
+        )
 
 
 def _prompts(args: argparse.Namespace) -> list[str]:
@@ -129,8 +135,9 @@ def run(argv: list[str]) -> None:
 
         prompts = _prompts(args)
         model, tokenizer = load_adapted(args.adapter, args.base)
-        for prompt, answer in zip(prompts, generate(model, tokenizer, prompts, thinking=args.thinking,
-                                                    max_new_tokens=args.max_new_tokens)):
+        for prompt, answer in zip(
+            prompts, generate(model, tokenizer, prompts, thinking=args.thinking, max_new_tokens=args.max_new_tokens)
+        ):
             print(json.dumps({"prompt": prompt, "answer": answer}))
     else:
         _eval(args)
@@ -144,16 +151,19 @@ def _eval(args: argparse.Namespace) -> None:
     from medqlora.model.card import write_model_card
 
     medqa, pubmedqa = DEFAULT_BENCHMARKS
-    specs = [replace(_source(args.medqa, medqa), limit=args.limit, prompt=args.medqa_prompt),
-             replace(_source(args.pubmedqa, pubmedqa), limit=args.limit)]
+    specs = [
+        replace(_source(args.medqa, medqa), limit=args.limit, prompt=args.medqa_prompt),
+        replace(_source(args.pubmedqa, pubmedqa), limit=args.limit),
+    ]
     out = args.out or args.adapter.parent / f"eval-{args.adapter.name}"
-    results = run_eval(args.adapter, out, specs, not args.no_keypoints, args.batch_size, args.max_new_tokens,
-                       args.base)
+    results = run_eval(args.adapter, out, specs, not args.no_keypoints, args.batch_size, args.max_new_tokens, args.base)
     for b in results["benchmarks"]:
         low, high = b["delta_ci95_pp"]
-        print(f"{b['benchmark']}: base {b['base_accuracy_norm']:.1f}% adapter {b['adapter_accuracy_norm']:.1f}% "
-              f"(length-normalised; raw {b['base_accuracy']:.1f}% / {b['adapter_accuracy']:.1f}%) "
-              f"delta {b['delta_pp']:+.1f} pp [{low:+.1f}, {high:+.1f}] over {b['items']} items")
+        print(
+            f"{b['benchmark']}: base {b['base_accuracy_norm']:.1f}% adapter {b['adapter_accuracy_norm']:.1f}% "
+            f"(length-normalised; raw {b['base_accuracy']:.1f}% / {b['adapter_accuracy']:.1f}%) "
+            f"delta {b['delta_pp']:+.1f} pp [{low:+.1f}, {high:+.1f}] over {b['items']} items"
+        )
     if results["keypoints"]:
         kp = results["keypoints"]
         print(f"key points: base {kp['base']['average']:.1f}% adapter {kp['adapter']['average']:.1f}%")

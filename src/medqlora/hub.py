@@ -32,8 +32,10 @@ def _config(name_or_path: str):
 
     config = AutoConfig.from_pretrained(resolve_name_or_path(name_or_path), trust_remote_code=False)
     if config.model_type != "gemma4":
-        raise ValueError(f"model.name_or_path={name_or_path!r} is a {config.model_type!r} model; medqlora "
-                         "trains Gemma 4 (e.g. google/gemma-4-E2B-it or `tiny`)")
+        raise ValueError(
+            f"model.name_or_path={name_or_path!r} is a {config.model_type!r} model; medqlora "
+            "trains Gemma 4 (e.g. google/gemma-4-E2B-it or `tiny`)"
+        )
     return config
 
 

@@ -34,13 +34,17 @@ def read_checkpoint(path: str | Path, weights_only: bool = True) -> dict[str, An
         checkpoint = torch.load(path, map_location="cpu", weights_only=weights_only)
     except pickle.UnpicklingError as err:
         if weights_only and zipfile.is_zipfile(path):  # torch.save's format, holding more than tensors
-            raise ValueError(f"{where} holds objects that safe loading refuses (it was not written by medqlora); "
-                             "if you trust the file, add --weights_only false") from err
-        raise ValueError(f"{where} is not a torch checkpoint file (not the zip archive torch.save writes); "
-                         f"{fix}") from err
+            raise ValueError(
+                f"{where} holds objects that safe loading refuses (it was not written by medqlora); "
+                "if you trust the file, add --weights_only false"
+            ) from err
+        raise ValueError(
+            f"{where} is not a torch checkpoint file (not the zip archive torch.save writes); {fix}"
+        ) from err
     except (EOFError, RuntimeError, zipfile.BadZipFile, OSError) as err:
-        raise ValueError(f"{where} is not a readable checkpoint (truncated or not a torch file: "
-                         f"{err.__class__.__name__}); {fix}") from err
+        raise ValueError(
+            f"{where} is not a readable checkpoint (truncated or not a torch file: {err.__class__.__name__}); {fix}"
+        ) from err
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise ValueError(f"{where} is a torch file but not a Lightning checkpoint (no state_dict); {fix}")
     return checkpoint
@@ -80,6 +84,8 @@ def settings(section: str, values: dict, cls: type) -> dict[str, Any]:
 
 def differences(saved: dict[str, Any], given: dict[str, Any]) -> list[str]:
     """'key: value here vs value in the checkpoint' for every setting that differs (keys in both)."""
-    return [f"{key} is {given[key]!r} here but {saved[key]!r} in the checkpoint"
-            for key in sorted(saved.keys() & given.keys())
-            if key not in HARMLESS and saved[key] != given[key]]
+    return [
+        f"{key} is {given[key]!r} here but {saved[key]!r} in the checkpoint"
+        for key in sorted(saved.keys() & given.keys())
+        if key not in HARMLESS and saved[key] != given[key]
+    ]

@@ -20,9 +20,22 @@ TINY_VERSION = "v1"
 VOCAB_SIZE = 1024
 
 SPECIAL_TOKENS = [
-    "<pad>", "<eos>", "<bos>", "<unk>",
-    "<|turn>", "<turn|>", "<|think|>", "<|channel>", "<channel|>",
-    "<|image|>", "<|audio|>", "<|video|>", "<boi>", "<eoi>", "<boa>", "<eoa>",
+    "<pad>",
+    "<eos>",
+    "<bos>",
+    "<unk>",
+    "<|turn>",
+    "<turn|>",
+    "<|think|>",
+    "<|channel>",
+    "<channel|>",
+    "<|image|>",
+    "<|audio|>",
+    "<|video|>",
+    "<boi>",
+    "<eoi>",
+    "<boa>",
+    "<eoa>",
 ]
 TOKEN_ID = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
 
@@ -56,35 +69,76 @@ GEMMA4_CHAT_TEMPLATE = (
 def tiny_model_config() -> dict:
     """Gemma 4 config with every E2B feature at toy size (6 layers, hidden 64, vocab 1024)."""
     text = {
-        "model_type": "gemma4_text", "vocab_size": VOCAB_SIZE, "vocab_size_per_layer_input": VOCAB_SIZE,
-        "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 6, "num_attention_heads": 2,
-        "num_key_value_heads": 1, "head_dim": 32, "global_head_dim": 64, "hidden_size_per_layer_input": 16,
-        "num_kv_shared_layers": 2, "use_double_wide_mlp": True, "sliding_window": 16,
-        "layer_types": ["sliding_attention", "sliding_attention", "full_attention",
-                        "sliding_attention", "sliding_attention", "full_attention"],
-        "final_logit_softcapping": 30.0, "max_position_embeddings": 4096,
-        "hidden_activation": "gelu_pytorch_tanh", "rms_norm_eps": 1e-6,
-        "pad_token_id": TOKEN_ID["<pad>"], "bos_token_id": TOKEN_ID["<bos>"], "eos_token_id": TOKEN_ID["<eos>"],
+        "model_type": "gemma4_text",
+        "vocab_size": VOCAB_SIZE,
+        "vocab_size_per_layer_input": VOCAB_SIZE,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 6,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "head_dim": 32,
+        "global_head_dim": 64,
+        "hidden_size_per_layer_input": 16,
+        "num_kv_shared_layers": 2,
+        "use_double_wide_mlp": True,
+        "sliding_window": 16,
+        "layer_types": [
+            "sliding_attention",
+            "sliding_attention",
+            "full_attention",
+            "sliding_attention",
+            "sliding_attention",
+            "full_attention",
+        ],
+        "final_logit_softcapping": 30.0,
+        "max_position_embeddings": 4096,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "rms_norm_eps": 1e-6,
+        "pad_token_id": TOKEN_ID["<pad>"],
+        "bos_token_id": TOKEN_ID["<bos>"],
+        "eos_token_id": TOKEN_ID["<eos>"],
         "rope_parameters": {
             "full_attention": {"partial_rotary_factor": 0.25, "rope_theta": 1000000.0, "rope_type": "proportional"},
             "sliding_attention": {"rope_theta": 10000.0, "rope_type": "default"},
         },
     }
     vision = {
-        "model_type": "gemma4_vision", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-        "num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 16, "global_head_dim": 16,
-        "patch_size": 4, "pooling_kernel_size": 2, "position_embedding_size": 64, "use_clipped_linears": True,
+        "model_type": "gemma4_vision",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "global_head_dim": 16,
+        "patch_size": 4,
+        "pooling_kernel_size": 2,
+        "position_embedding_size": 64,
+        "use_clipped_linears": True,
     }
     audio = {
-        "model_type": "gemma4_audio", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-        "subsampling_conv_channels": [8, 4], "output_proj_dims": 64, "use_clipped_linears": True,
+        "model_type": "gemma4_audio",
+        "hidden_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "subsampling_conv_channels": [8, 4],
+        "output_proj_dims": 64,
+        "use_clipped_linears": True,
     }
     return {
-        "model_type": "gemma4", "architectures": ["Gemma4ForConditionalGeneration"], "tie_word_embeddings": True,
-        "text_config": text, "vision_config": vision, "audio_config": audio,
-        "image_token_id": TOKEN_ID["<|image|>"], "audio_token_id": TOKEN_ID["<|audio|>"],
-        "video_token_id": TOKEN_ID["<|video|>"], "boi_token_id": TOKEN_ID["<boi>"],
-        "eoi_token_id": TOKEN_ID["<eoi>"], "boa_token_id": TOKEN_ID["<boa>"],
+        "model_type": "gemma4",
+        "architectures": ["Gemma4ForConditionalGeneration"],
+        "tie_word_embeddings": True,
+        "text_config": text,
+        "vision_config": vision,
+        "audio_config": audio,
+        "image_token_id": TOKEN_ID["<|image|>"],
+        "audio_token_id": TOKEN_ID["<|audio|>"],
+        "video_token_id": TOKEN_ID["<|video|>"],
+        "boi_token_id": TOKEN_ID["<boi>"],
+        "eoi_token_id": TOKEN_ID["<eoi>"],
+        "boa_token_id": TOKEN_ID["<boa>"],
         "eoa_token_index": TOKEN_ID["<eoa>"],
         "eos_token_id": [TOKEN_ID["<eos>"], TOKEN_ID["<turn|>"]],
     }
@@ -109,12 +163,18 @@ def build_tiny_tokenizer():
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE, special_tokens=SPECIAL_TOKENS, show_progress=False,
+        vocab_size=VOCAB_SIZE,
+        special_tokens=SPECIAL_TOKENS,
+        show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     core.train_from_iterator(_tokenizer_corpus(), trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>",
+        tokenizer_object=core,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
         additional_special_tokens=SPECIAL_TOKENS[4:],
     )
     tokenizer.chat_template = GEMMA4_CHAT_TEMPLATE
@@ -142,7 +202,8 @@ def ensure_tiny_model(cache_dir: str | Path | None = None) -> Path:
         config = Gemma4Config(**{k: v for k, v in tiny_model_config().items() if k != "model_type"})
         model = Gemma4ForConditionalGeneration(config).to(torch.bfloat16)
         model.generation_config = GenerationConfig(
-            bos_token_id=TOKEN_ID["<bos>"], pad_token_id=TOKEN_ID["<pad>"],
+            bos_token_id=TOKEN_ID["<bos>"],
+            pad_token_id=TOKEN_ID["<pad>"],
             eos_token_id=[TOKEN_ID["<eos>"], TOKEN_ID["<turn|>"]],
         )
         model.save_pretrained(staging, safe_serialization=True)

@@ -47,10 +47,23 @@ class Recorder(L.Callback):
 def test_subclassed_and_configured_callbacks_take_effect(tmp_path):
     recorder = Recorder()
     trainer = L.Trainer(
-        accelerator="cpu", max_steps=3, limit_val_batches=0, enable_checkpointing=False, enable_progress_bar=False,
-        default_root_dir=tmp_path, logger=CSVLogger(tmp_path, name="ext"), log_every_n_steps=1,
-        callbacks=[GradientAccumulation(accumulate=3), HalfLr(), MemoryPlus(every_n_steps=1),
-                   AdapterElsewhere(save_best=False), LossOnly(), recorder])
+        accelerator="cpu",
+        max_steps=3,
+        limit_val_batches=0,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+        logger=CSVLogger(tmp_path, name="ext"),
+        log_every_n_steps=1,
+        callbacks=[
+            GradientAccumulation(accumulate=3),
+            HalfLr(),
+            MemoryPlus(every_n_steps=1),
+            AdapterElsewhere(save_best=False),
+            LossOnly(),
+            recorder,
+        ],
+    )
     trainer.fit(QLoRAModule("tiny", lr=1e-3), datamodule=MedicalMixDataModule(max_length=256, seed=0))
     assert recorder.lrs == [5e-4] * 3  # the subclass's schedule, not the cosine
     assert trainer.fit_loop.epoch_loop.batch_progress.total.completed == 9  # 3 micro-batches per step

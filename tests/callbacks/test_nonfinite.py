@@ -27,9 +27,16 @@ class NanAtStep(QLoRAModule):
 
 def _fit(tmp_path, guard: NonFiniteGuard, max_steps: int = 4) -> NanAtStep:
     module = NanAtStep(nan_step=2, name_or_path="tiny", lr=1e-3)
-    trainer = L.Trainer(accelerator="cpu", max_steps=max_steps, limit_val_batches=0, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path,
-                        callbacks=[guard])
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=max_steps,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+        callbacks=[guard],
+    )
     trainer.fit(module, datamodule=MedicalMixDataModule(max_length=256, seed=0))
     return module
 

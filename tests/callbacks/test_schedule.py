@@ -36,9 +36,17 @@ class LrRecorder(Callback):
 def _fit(tmp_path, accumulation: GradientAccumulation, epochs: int) -> tuple[CosineWarmup, LrRecorder, int]:
     data = MedicalMixDataModule(max_length=256, pack_tokens=256, seed=0)
     schedule, recorder = CosineWarmup(warmup_ratio=0.25), LrRecorder()
-    trainer = L.Trainer(accelerator="cpu", max_epochs=epochs, callbacks=[accumulation, schedule, recorder],
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        limit_val_batches=0, limit_train_batches=9, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=epochs,
+        callbacks=[accumulation, schedule, recorder],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+        limit_train_batches=9,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(QLoRAModule("tiny", lr=1e-3), datamodule=data)
     return schedule, recorder, trainer.num_training_batches
 
@@ -66,9 +74,19 @@ def test_bad_callback_values_name_the_field():
 
 
 def test_validation_inside_an_accumulation_window_is_refused(tmp_path):
-    trainer = L.Trainer(accelerator="cpu", max_steps=2, callbacks=[GradientAccumulation(accumulate=2)], logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, limit_train_batches=9,
-                        limit_val_batches=1, val_check_interval=3, num_sanity_val_steps=0, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=2,
+        callbacks=[GradientAccumulation(accumulate=2)],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        limit_train_batches=9,
+        limit_val_batches=1,
+        val_check_interval=3,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+    )
     message = r"val_check_interval validates every 3 micro-batches.*accumulate=2.*use 4 or 2"
     with pytest.raises(ValueError, match=message):
         trainer.fit(QLoRAModule("tiny"), datamodule=MedicalMixDataModule(max_length=256, pack_tokens=256, seed=0))

@@ -19,13 +19,14 @@ def _ids(tokenizer, text: str) -> list[int]:
 @pytest.mark.parametrize("conv, thinking", [(PLAIN, False), (REASONING, True), (SYSTEM, False)])
 def test_prompt_tokens_equal_the_templates_generation_prompt(tokenizer, conv, thinking):
     enc = encode(conv, tokenizer, max_length=512)
-    template = tokenizer.apply_chat_template(messages_of(conv), add_generation_prompt=True,
-                                             enable_thinking=thinking, tokenize=False)
+    template = tokenizer.apply_chat_template(
+        messages_of(conv), add_generation_prompt=True, enable_thinking=thinking, tokenize=False
+    )
     prompt_ids = _ids(tokenizer, template)
     assert enc.input_ids[: len(prompt_ids)] == prompt_ids
     assert enc.labels[: len(prompt_ids)] == [IGNORE_INDEX] * len(prompt_ids)
-    target = enc.input_ids[len(prompt_ids):]
-    assert enc.labels[len(prompt_ids):] == target  # every target token is supervised, nothing else
+    target = enc.input_ids[len(prompt_ids) :]
+    assert enc.labels[len(prompt_ids) :] == target  # every target token is supervised, nothing else
     assert target[-1] == tokenizer.convert_tokens_to_ids("<turn|>")
 
 
@@ -47,12 +48,15 @@ def test_the_template_behaves_like_gemma4s(tokenizer):
 
     user = [{"role": "user", "content": "  Hi  "}]
     assert render(user) == "<bos><|turn>user\nHi<turn|>\n"  # no system turn, content trimmed
-    assert render([{"role": "system", "content": "S"}, *user]) == \
-        "<bos><|turn>system\nS<turn|>\n<|turn>user\nHi<turn|>\n"
+    assert (
+        render([{"role": "system", "content": "S"}, *user]) == "<bos><|turn>system\nS<turn|>\n<|turn>user\nHi<turn|>\n"
+    )
     reply = [*user, {"role": "assistant", "content": "<|channel>thought\nhidden<channel|>Shown"}]
     assert render(reply) == "<bos><|turn>user\nHi<turn|>\n<|turn>model\nShown<turn|>\n"  # thoughts stripped
-    assert render(user, add_generation_prompt=True, enable_thinking=True) == \
-        "<bos><|turn>system\n<|think|><turn|>\n<|turn>user\nHi<turn|>\n<|turn>model\n"
+    assert (
+        render(user, add_generation_prompt=True, enable_thinking=True)
+        == "<bos><|turn>system\n<|think|><turn|>\n<|turn>user\nHi<turn|>\n<|turn>model\n"
+    )
 
 
 def test_over_long_rows_are_dropped_or_truncated(tokenizer):

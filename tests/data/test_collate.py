@@ -33,8 +33,9 @@ def test_pack_collate_restarts_positions_and_masks_boundaries():
 
 
 def test_packed_micro_batches_have_a_fixed_shape_and_a_separate_filler():
-    sampler = PackingBatchSampler([len(r["input_ids"]) for r in ROWS], pack_tokens=8, seed=0, shuffle=False,
-                                  rows_per_batch=2)
+    sampler = PackingBatchSampler(
+        [len(r["input_ids"]) for r in ROWS], pack_tokens=8, seed=0, shuffle=False, rows_per_batch=2
+    )
     batch_plan = list(sampler)
     assert batch_plan == [[(2, 0), (1, 0), (0, 1)]]  # first-fit decreasing: 5 + 3 | 4
     rows = PackedRows(ROWS)

@@ -56,8 +56,11 @@ def test_data_card_counts_and_writes(built, tmp_path):
 
 
 def test_a_source_that_loses_every_row_is_an_error_unless_it_may(tiny_dir):
-    with pytest.raises(ValueError, match=r"source 'o1' has no training row left .*removed as too_long; raise "
-                                         r"data.max_length \(now 100\).*required: false"):
+    with pytest.raises(
+        ValueError,
+        match=r"source 'o1' has no training row left .*removed as too_long; raise "
+        r"data.max_length \(now 100\).*required: false",
+    ):
         MedicalMixDataModule(max_length=100, micro_batch_size=2, seed=5).prepare_data()
 
     sources = [replace(s, required=False) if s.name == "o1" else s for s in sample_sources()]
@@ -74,8 +77,10 @@ def test_card_counts_agree_at_one_stage_everywhere(built, tmp_path):
     built.card.write(tmp_path)
     card = json.loads((tmp_path / "data_card.json").read_text())
     sources = card["sources"].values()
-    assert card["totals"] == {"train": sum(s["train_rows"] for s in sources),
-                              "val": sum(s["val_rows"] for s in sources)}
+    assert card["totals"] == {
+        "train": sum(s["train_rows"] for s in sources),
+        "val": sum(s["val_rows"] for s in sources),
+    }
     assert card["totals"] == {"train": len(built.train_set), "val": len(built.val_set)}
     markdown = (tmp_path / "data_card.md").read_text()
     assert f"Rows: {len(built.train_set)} train / {len(built.val_set)} validation" in markdown
@@ -83,11 +88,14 @@ def test_card_counts_agree_at_one_stage_everywhere(built, tmp_path):
         assert f"| {s['target']} | {s['train_rows']} | {s['val_rows']} |" in markdown, name
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"max_length": 8}, "data.max_length=8"),
-    ({"micro_batch_size": 0}, "data.micro_batch_size=0"),
-    ({"pack_tokens": 100}, "data.pack_tokens=100 < data.max_length=256"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"max_length": 8}, "data.max_length=8"),
+        ({"micro_batch_size": 0}, "data.micro_batch_size=0"),
+        ({"pack_tokens": 100}, "data.pack_tokens=100 < data.max_length=256"),
+    ],
+)
 def test_bad_values_name_the_field(kwargs, message):
     with pytest.raises(ValueError, match=message):
         MedicalMixDataModule(**{"max_length": 256, **kwargs})
@@ -97,20 +105,37 @@ def test_more_than_half_lost_at_any_stage_is_named_with_reason_and_fix():
     from medqlora.data.card import source_losses
 
     def source(**counts):
-        return {"loaded": 10, "removed": {}, "drawn_train": 9, "drawn_val": 1,
-                "removed_after_tokenising": {"train": {}, "val": {}}, "train_rows": 9, **counts}
+        return {
+            "loaded": 10,
+            "removed": {},
+            "drawn_train": 9,
+            "drawn_val": 1,
+            "removed_after_tokenising": {"train": {}, "val": {}},
+            "train_rows": 9,
+            **counts,
+        }
 
-    content = {"max_length": 256, "sources": {
-        "kept": source(removed={"duplicate": 5}),  # half, not more: no word
-        "cleaned": source(removed={"empty_answer": 6}, drawn_train=4, drawn_val=0, train_rows=4),
-        "cut": source(removed_after_tokenising={"train": {"too_long": 8}, "val": {"too_long": 1}}, train_rows=1),
-        "gone": source(removed={"wrong_type": 10}, drawn_train=0, drawn_val=0, train_rows=0),
-        "optional": source(removed={"wrong_type": 10}, drawn_train=0, drawn_val=0, train_rows=0)}}
+    content = {
+        "max_length": 256,
+        "sources": {
+            "kept": source(removed={"duplicate": 5}),  # half, not more: no word
+            "cleaned": source(removed={"empty_answer": 6}, drawn_train=4, drawn_val=0, train_rows=4),
+            "cut": source(removed_after_tokenising={"train": {"too_long": 8}, "val": {"too_long": 1}}, train_rows=1),
+            "gone": source(removed={"wrong_type": 10}, drawn_train=0, drawn_val=0, train_rows=0),
+            "optional": source(removed={"wrong_type": 10}, drawn_train=0, drawn_val=0, train_rows=0),
+        },
+    }
     warnings, errors = source_losses(content, {"optional": False})
-    assert warnings[0] == ("source 'cleaned': 6 of 10 rows (60%) removed as empty_answer; check the source's "
-                           "`columns:` map and its rows")
-    assert warnings[1].startswith("source 'cut': 9 of 10 rows (90%) removed as too_long; raise data.max_length "
-                                  "(now 256)")
-    assert [w.split(":")[0] for w in warnings] == ["source 'cleaned'", "source 'cut'", "source 'gone'",
-                                                   "source 'optional'"]
+    assert warnings[0] == (
+        "source 'cleaned': 6 of 10 rows (60%) removed as empty_answer; check the source's `columns:` map and its rows"
+    )
+    assert warnings[1].startswith(
+        "source 'cut': 9 of 10 rows (90%) removed as too_long; raise data.max_length (now 256)"
+    )
+    assert [w.split(":")[0] for w in warnings] == [
+        "source 'cleaned'",
+        "source 'cut'",
+        "source 'gone'",
+        "source 'optional'",
+    ]
     assert len(errors) == 1 and errors[0].startswith("source 'gone' has no training row left")

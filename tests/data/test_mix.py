@@ -12,14 +12,22 @@ from medqlora.data.sources import SourceSpec
 
 
 def _instruction_rows(prefix: str, n: int) -> list[dict]:
-    return [{"instruction": f"{prefix} question number {i}?", "input": "<noinput>", "output": f"answer {i}"}
-            for i in range(n)]
+    return [
+        {"instruction": f"{prefix} question number {i}?", "input": "<noinput>", "output": f"answer {i}"}
+        for i in range(n)
+    ]
 
 
 @pytest.fixture
 def sources(tmp_path) -> list[SourceSpec]:
-    medqa = [{"instruction": "Answer.", "input": f"Q: Which drug number {i}? \n{{'A': 'x', 'B': 'y', 'C': 'z', "
-              f"'D': 'w', 'E': 'v'}},", "output": "A: x"} for i in range(20)]
+    medqa = [
+        {
+            "instruction": "Answer.",
+            "input": f"Q: Which drug number {i}? \n{{'A': 'x', 'B': 'y', 'C': 'z', 'D': 'w', 'E': 'v'}},",
+            "output": "A: x",
+        }
+        for i in range(20)
+    ]
     medqa.append({"instruction": "Answer.", "input": "Q: broken options {'A': },", "output": "A: x"})
     alpacare = _instruction_rows("alpacare", 30) + [
         {"instruction": "Answer.", "input": "Which drug number 3?", "output": "dup of medqa"},  # not a dup
@@ -31,8 +39,9 @@ def sources(tmp_path) -> list[SourceSpec]:
     o1 = [{"Question": f"o1 question {i}?", "Complex_CoT": "think", "Response": "r"} for i in range(10)]
     return [
         SourceSpec(name="medqa", format="medqa_options", path=str(write_jsonl(tmp_path / "m.jsonl", medqa))),
-        SourceSpec(name="alpacare", format="instruction", path=str(write_jsonl(tmp_path / "a.jsonl", alpacare)),
-                   target=20),
+        SourceSpec(
+            name="alpacare", format="instruction", path=str(write_jsonl(tmp_path / "a.jsonl", alpacare)), target=20
+        ),
         SourceSpec(name="o1", format="reasoning", path=str(write_jsonl(tmp_path / "o.jsonl", o1)), target=50),
     ]
 
@@ -46,15 +55,20 @@ def eval_set(tmp_path) -> EvalQuestions:
 def test_every_removal_is_counted_by_reason(sources, eval_set):
     mix = build_mix(sources, seed=0, val_fraction=0.1, reasoning="thinking", decontaminate=[eval_set])
     assert mix.stats["medqa"]["removed"] == {"bad_options": 1}
-    assert mix.stats["alpacare"]["removed"] == {"duplicate": 1, "empty_answer": 1, "empty_question": 1,
-                                                "eval_contamination": 1}
+    assert mix.stats["alpacare"]["removed"] == {
+        "duplicate": 1,
+        "empty_answer": 1,
+        "empty_question": 1,
+        "eval_contamination": 1,
+    }
     for name, s in mix.stats.items():
         assert s["loaded"] == s["available"] + sum(s["removed"].values()), name
 
 
 def test_duplicates_are_removed_across_sources(tmp_path, sources):
-    copy = SourceSpec(name="copy", format="instruction",
-                      path=str(write_jsonl(tmp_path / "c.jsonl", _instruction_rows("alpacare", 5))))
+    copy = SourceSpec(
+        name="copy", format="instruction", path=str(write_jsonl(tmp_path / "c.jsonl", _instruction_rows("alpacare", 5)))
+    )
     mix = build_mix([*sources, copy], seed=0, val_fraction=0.1, reasoning="thinking")
     assert mix.stats["copy"]["removed"] == {"duplicate": 5}
 
@@ -106,8 +120,12 @@ def test_local_files_of_every_supported_format_load_through_datasets(tmp_path, s
     rows = _instruction_rows("local", 10)
     path = tmp_path / f"rows{suffix}"
     frame = pd.DataFrame(rows)
-    {".json": lambda: frame.to_json(path, orient="records"), ".jsonl": lambda: write_jsonl(path, rows),
-     ".csv": lambda: frame.to_csv(path, index=False), ".parquet": lambda: frame.to_parquet(path)}[suffix]()
+    {
+        ".json": lambda: frame.to_json(path, orient="records"),
+        ".jsonl": lambda: write_jsonl(path, rows),
+        ".csv": lambda: frame.to_csv(path, index=False),
+        ".parquet": lambda: frame.to_parquet(path),
+    }[suffix]()
     spec = SourceSpec(name="local", format="instruction", path=str(path))
     mix = build_mix([spec], seed=0, val_fraction=0.1, reasoning="thinking")
     assert mix.stats["local"]["loaded"] == 10 and mix.stats["local"]["available"] == 10
@@ -123,8 +141,10 @@ def test_a_short_benchmark_question_anywhere_in_a_row_is_removed(tmp_path):
         {"instruction": "Is warfarin safe?", "input": "", "output": "d"},
     ]
     spec = SourceSpec(name="rows", format="instruction", path=str(write_jsonl(tmp_path / "r.jsonl", rows)))
-    questions = [{"question": "Is halofantrine ototoxic?"},
-                 {"question": "A long benchmark question that has many more than eight words in it?"}]
+    questions = [
+        {"question": "Is halofantrine ototoxic?"},
+        {"question": "A long benchmark question that has many more than eight words in it?"},
+    ]
     eval_set = EvalQuestions(name="pubmedqa", path=str(write_jsonl(tmp_path / "q.jsonl", questions)))
     mix = build_mix([spec], seed=0, val_fraction=0.0, reasoning="thinking", decontaminate=[eval_set])
     assert mix.stats["rows"]["removed"] == {"eval_contamination": 3}
@@ -138,14 +158,28 @@ def test_an_eval_set_path_replaces_its_hub_id(tmp_path):
 
 
 @pytest.mark.faults
-@pytest.mark.parametrize("write, message", [
-    (lambda p: p.write_text("".join(json.dumps({"instruction": f"q{i}?", "input": "", "output": "a"}) + "\n"
-                                    if i != 19 else '{"instruction": "q19?", "inp\n' for i in range(40))),
-     r"r.jsonl line 20: not valid JSON .*; fix or remove that line"),
-    (lambda p: p.write_text(""), r"r.jsonl is empty"),
-    (lambda p: p.write_bytes(b'{"instruction": "q?", "input": "", "output": "caf\xe9"}\n' * 3),
-     r"r.jsonl line 1: byte 0xe9 is not UTF-8; re-save the file as UTF-8"),
-], ids=["truncated-line", "empty", "not-utf8"])
+@pytest.mark.parametrize(
+    "write, message",
+    [
+        (
+            lambda p: p.write_text(
+                "".join(
+                    json.dumps({"instruction": f"q{i}?", "input": "", "output": "a"}) + "\n"
+                    if i != 19
+                    else '{"instruction": "q19?", "inp\n'
+                    for i in range(40)
+                )
+            ),
+            r"r.jsonl line 20: not valid JSON .*; fix or remove that line",
+        ),
+        (lambda p: p.write_text(""), r"r.jsonl is empty"),
+        (
+            lambda p: p.write_bytes(b'{"instruction": "q?", "input": "", "output": "caf\xe9"}\n' * 3),
+            r"r.jsonl line 1: byte 0xe9 is not UTF-8; re-save the file as UTF-8",
+        ),
+    ],
+    ids=["truncated-line", "empty", "not-utf8"],
+)
 def test_a_bad_file_is_named_with_its_line_and_fix(tmp_path, write, message):
     path = tmp_path / "r.jsonl"
     write(path)

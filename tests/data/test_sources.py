@@ -10,8 +10,8 @@ from medqlora.data.sources import RowError, SourceSpec, normalise_question, to_c
 MEDQA_ROW = {
     "instruction": "Please answer with one of the option in the bracket",
     "input": "Q:A 23-year-old woman has dysuria. Which drug is first-line? \n"
-             "{'A': 'Ampicillin', 'B': 'Ceftriaxone', 'C': 'Doxycycline', 'D': 'Ciprofloxacin', "
-             "'E': 'Nitrofurantoin'},",
+    "{'A': 'Ampicillin', 'B': 'Ceftriaxone', 'C': 'Doxycycline', 'D': 'Ciprofloxacin', "
+    "'E': 'Nitrofurantoin'},",
     "output": "E: Nitrofurantoin",
 }
 
@@ -45,22 +45,28 @@ def test_real_input_is_appended_to_the_instruction():
     assert to_conversation(row, spec("instruction"), "thinking").user == "Summarise.\n\nPatient with chest pain."
 
 
-@pytest.mark.parametrize("mode, reasoning, answer", [
-    ("thinking", "Because X.", "Answer."),
-    ("inline", None, "Because X.\n\nAnswer."),
-    ("drop", None, "Answer."),
-])
+@pytest.mark.parametrize(
+    "mode, reasoning, answer",
+    [
+        ("thinking", "Because X.", "Answer."),
+        ("inline", None, "Because X.\n\nAnswer."),
+        ("drop", None, "Answer."),
+    ],
+)
 def test_reasoning_goes_where_the_config_says(mode, reasoning, answer):
     row = {"Question": "Why?", "Complex_CoT": "Because X.", "Response": "Answer."}
     conv = to_conversation(row, spec("reasoning"), mode)
     assert (conv.reasoning, conv.answer) == (reasoning, answer)
 
 
-@pytest.mark.parametrize("row, reason", [
-    ({"instruction": "", "input": "<noinput>", "output": "x"}, "empty_question"),
-    ({"instruction": "Q?", "input": "", "output": "  "}, "empty_answer"),
-    ({"instruction": "Q?", "input": "", "output": 42}, "wrong_type"),
-])
+@pytest.mark.parametrize(
+    "row, reason",
+    [
+        ({"instruction": "", "input": "<noinput>", "output": "x"}, "empty_question"),
+        ({"instruction": "Q?", "input": "", "output": "  "}, "empty_answer"),
+        ({"instruction": "Q?", "input": "", "output": 42}, "wrong_type"),
+    ],
+)
 def test_unusable_rows_are_classified(row, reason):
     with pytest.raises(RowError) as err:
         to_conversation(row, spec("instruction"), "thinking")
@@ -77,11 +83,14 @@ def test_column_map_renames_fields(tmp_path):
     assert s.columns == {"question": "q", "reasoning": "Complex_CoT", "response": "Response"}
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"format": "chat"}, r"format='chat' is unknown"),
-    ({"format": "instruction", "target": 0}, "target=0"),
-    ({"format": "instruction", "columns": {"prompt": "p"}}, r"unknown field\(s\) \['prompt'\]"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"format": "chat"}, r"format='chat' is unknown"),
+        ({"format": "instruction", "target": 0}, "target=0"),
+        ({"format": "instruction", "columns": {"prompt": "p"}}, r"unknown field\(s\) \['prompt'\]"),
+    ],
+)
 def test_bad_specs_name_the_field(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SourceSpec(name="s", hub_id="org/data", **kwargs)

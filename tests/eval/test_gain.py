@@ -42,13 +42,25 @@ def trained(tmp_path_factory, tokenizer) -> tuple[Path, BenchmarkSpec]:
         rows.append({"input_ids": encoded.input_ids, "labels": encoded.labels})
     torch.manual_seed(0)
     module = QLoRAModule("tiny", lora=LoraSpec(dropout=0.0), lr=5e-3, gradient_checkpointing=False)
-    loader = DataLoader(rows, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(0),
-                        collate_fn=lambda batch: pad_collate(batch, tokenizer.pad_token_id))
-    L.Trainer(accelerator="cpu", max_steps=30, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-              enable_model_summary=False).fit(module, loader)
+    loader = DataLoader(
+        rows,
+        batch_size=16,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(0),
+        collate_fn=lambda batch: pad_collate(batch, tokenizer.pad_token_id),
+    )
+    L.Trainer(
+        accelerator="cpu",
+        max_steps=30,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    ).fit(module, loader)
     adapter = save_adapter(module.model, "tiny", tmp / "run" / "adapter")
-    held_out = BenchmarkSpec(name="synthetic", kind="medqa", 
-                             path=str(write_jsonl(tmp / "test.jsonl", medqa_rows(40, 2))))
+    held_out = BenchmarkSpec(
+        name="synthetic", kind="medqa", path=str(write_jsonl(tmp / "test.jsonl", medqa_rows(40, 2)))
+    )
     return adapter, held_out
 
 
@@ -87,13 +99,34 @@ def test_merged_weights_give_the_unmerged_logits_without_peft(trained, tmp_path,
 
 def test_model_card_holds_the_numbers_the_run_produced(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    run(["fit", "--config", str(REPO / "configs" / "tiny.yaml"), "--trainer.max_steps", "2",
-          "--trainer.val_check_interval", "2"])
+    run(
+        [
+            "fit",
+            "--config",
+            str(REPO / "configs" / "tiny.yaml"),
+            "--trainer.max_steps",
+            "2",
+            "--trainer.val_check_interval",
+            "2",
+        ]
+    )
     run_dir = next(Path("runs/tiny").iterdir())
     medqa = write_jsonl(tmp_path / "medqa.jsonl", medqa_rows(6))
     pubmedqa = write_jsonl(tmp_path / "pubmedqa.jsonl", pubmedqa_rows(6))
-    run(["eval", str(run_dir / "adapter"), "--medqa", str(medqa), "--pubmedqa", str(pubmedqa), "--limit", "5",
-          "--max-new-tokens", "4"])
+    run(
+        [
+            "eval",
+            str(run_dir / "adapter"),
+            "--medqa",
+            str(medqa),
+            "--pubmedqa",
+            str(pubmedqa),
+            "--limit",
+            "5",
+            "--max-new-tokens",
+            "4",
+        ]
+    )
     card = (run_dir / "adapter" / "README.md").read_text()
     results = json.loads((run_dir / "eval-adapter" / "eval.json").read_text())
     memory = json.loads((run_dir / "memory.json").read_text())

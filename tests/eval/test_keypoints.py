@@ -17,16 +17,23 @@ def test_shipped_set_has_54_prompts_over_7_disciplines_with_3_to_6_key_points():
 
 
 def test_matching_is_normalised_and_whole_word():
-    prompt = KeyPointPrompt("x", "cardiology", "?", (("ARB", "angiotensin receptor blocker"), ("café au lait",),
-                                                      ("beta-blocker", "bisoprolol")))
+    prompt = KeyPointPrompt(
+        "x",
+        "cardiology",
+        "?",
+        (("ARB", "angiotensin receptor blocker"), ("café au lait",), ("beta-blocker", "bisoprolol")),
+    )
     assert hits("Give an angiotensin-receptor  BLOCKER.", prompt) == [True, False, False]
     assert hits("carbon monoxide; Cafe au Lait spots; beta blocker", prompt) == [False, True, True]
     assert normalise("Ünïcode, (punct)!") == " unicode punct "
 
 
 def test_hit_rate_is_averaged_per_discipline_then_overall():
-    prompts = [KeyPointPrompt("a", "d1", "?", (("x",), ("y",))), KeyPointPrompt("b", "d1", "?", (("z",),)),
-               KeyPointPrompt("c", "d2", "?", (("w",), ("v",), ("u",), ("t",)))]
+    prompts = [
+        KeyPointPrompt("a", "d1", "?", (("x",), ("y",))),
+        KeyPointPrompt("b", "d1", "?", (("z",),)),
+        KeyPointPrompt("c", "d2", "?", (("w",), ("v",), ("u",), ("t",))),
+    ]
     result = score({"a": "x", "b": "nothing", "c": "w v u t"}, prompts)
     assert result["prompts"] == {"a": 50.0, "b": 0.0, "c": 100.0}
     assert result["disciplines"] == {"d1": 25.0, "d2": 100.0}

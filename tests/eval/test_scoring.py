@@ -24,8 +24,11 @@ def test_items_read_the_benchmarks_columns(tmp_path):
     letters = load_items(BenchmarkSpec(name="medqa", kind="medqa", path=path, prompt="letter"))
     assert letters[0].choices == ("A", "B", "C", "D") and letters[0].choices[letters[0].gold] == row["answer_idx"]
     assert letters[0].user.endswith("Answer with the letter of the correct option.")
-    pub = load_items(BenchmarkSpec(name="pubmedqa", kind="pubmedqa", limit=3,
-                                   path=str(write_jsonl(tmp_path / "p.jsonl", pubmedqa_rows(5)))))
+    pub = load_items(
+        BenchmarkSpec(
+            name="pubmedqa", kind="pubmedqa", limit=3, path=str(write_jsonl(tmp_path / "p.jsonl", pubmedqa_rows(5)))
+        )
+    )
     assert len(pub) == 3 and pub[0].choices == ("yes", "no", "maybe")
     assert "Outcomes improved." in pub[0].user and pub[0].id == "pubmedqa-1000"
 
@@ -80,14 +83,24 @@ def test_medqa_is_asked_exactly_as_training_renders_it_with_the_artefacts_cleane
     from medqlora.data.sources import SourceSpec, to_conversation
 
     options = {"A": "Colchicine", "B": 'Allopurinol\n"', "C": "Febuxostat", "D": "Probenecid"}
-    training_row = {"instruction": "Please answer with one of the option in the bracket",
-                    "input": f"Q:What treats acute gout?? {options!r},", "output": "A: Colchicine"}
+    training_row = {
+        "instruction": "Please answer with one of the option in the bracket",
+        "input": f"Q:What treats acute gout?? {options!r},",
+        "output": "A: Colchicine",
+    }
     source = SourceSpec(name="medqa", format="medqa_options", path=str(write_jsonl(tmp_path / "t.jsonl", [{}])))
     trained = to_conversation(training_row, source, "thinking")
-    benchmark_row = {"question": "What treats acute gout??", "options": options, "answer_idx": "A",
-                     "answer": "Colchicine", "meta_info": "step1", "metamap_phrases": []}
-    item = load_items(BenchmarkSpec(name="medqa", kind="medqa",
-                                    path=str(write_jsonl(tmp_path / "b.jsonl", [benchmark_row]))))[0]
+    benchmark_row = {
+        "question": "What treats acute gout??",
+        "options": options,
+        "answer_idx": "A",
+        "answer": "Colchicine",
+        "meta_info": "step1",
+        "metamap_phrases": [],
+    }
+    item = load_items(
+        BenchmarkSpec(name="medqa", kind="medqa", path=str(write_jsonl(tmp_path / "b.jsonl", [benchmark_row])))
+    )[0]
     assert item.user == trained.user
     assert "??" not in item.user and '"' not in item.user and "B. Allopurinol\nC." in item.user
     assert trained.answer.startswith(item.choices[item.gold])  # the scored opening of the trained answer
@@ -97,7 +110,7 @@ def test_each_answer_opening_is_scored_with_the_tokens_training_used(tokenizer):
     for letter in "ABCD":
         opening = tokenizer(f"{letter}:", add_special_tokens=False)["input_ids"]
         answer = tokenizer(f"{letter}: Colchicine<turn|>", add_special_tokens=False)["input_ids"]
-        assert answer[:len(opening)] == opening
+        assert answer[: len(opening)] == opening
 
 
 def test_length_normalised_accuracy_stops_a_short_answer_winning_by_length():

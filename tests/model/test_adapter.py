@@ -46,8 +46,12 @@ def test_saved_adapter_loads_with_the_model_card_snippet_and_reproduces_logits(t
     assert all(k.startswith("base_model.model.model.language_model.layers.") and "lora_" in k for k in keys)
 
     # the model card's own snippet, on the full model (vision and audio towers included)
-    bnb_config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                    bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_use_double_quant=True)
+    bnb_config = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_compute_dtype=torch.bfloat16,
+        bnb_4bit_use_double_quant=True,
+    )
     base = AutoModelForCausalLM.from_pretrained(tiny_dir, quantization_config=bnb_config)
     assert base.model.vision_tower is not None
     model = PeftModel.from_pretrained(base, adapter)

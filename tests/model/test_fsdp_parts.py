@@ -38,8 +38,10 @@ def test_quant_storage_value_is_checked():
         QuantSpec(quant_storage="int4")
 
 
-@pytest.mark.parametrize("key, value", [("state_dict_type", "sharded"), ("sharding_strategy", "SHARD_GRAD_OP"),
-                                        ("sharding_strategy", "NO_SHARD")])
+@pytest.mark.parametrize(
+    "key, value",
+    [("state_dict_type", "sharded"), ("sharding_strategy", "SHARD_GRAD_OP"), ("sharding_strategy", "NO_SHARD")],
+)
 def test_fsdp_strategy_refuses_settings_qlora_cannot_run(key, value):
     with pytest.raises(ValueError, match=f"trainer.strategy.init_args.{key}='{value}'"):
         QLoRAFSDPStrategy(**{key: value})

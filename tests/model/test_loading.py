@@ -31,8 +31,9 @@ def test_base_linears_are_bnb_nf4_with_double_quant(tiny_dir):
 
 
 def test_quantisation_settings_are_configurable(tiny_dir):
-    base = load_base_model("tiny", QuantSpec(quant_type="fp4", double_quant=False), torch.device("cpu"),
-                           text_only=True, ple_on_host=False)
+    base = load_base_model(
+        "tiny", QuantSpec(quant_type="fp4", double_quant=False), torch.device("cpu"), text_only=True, ple_on_host=False
+    )
     q = base.model.language_model.layers[0].self_attn.q_proj
     assert q.weight.quant_state.quant_type == "fp4" and not q.weight.quant_state.nested
 
@@ -59,8 +60,10 @@ def test_lora_targets_language_model_only_even_with_towers_loaded(tiny_dir):
 
 
 def test_lora_target_subset(tiny_dir):
-    model = apply_lora(load_base_model("tiny", QuantSpec(), torch.device("cpu"), text_only=True,
-                                       ple_on_host=False), LoraSpec(targets=["q_proj"]))
+    model = apply_lora(
+        load_base_model("tiny", QuantSpec(), torch.device("cpu"), text_only=True, ple_on_host=False),
+        LoraSpec(targets=["q_proj"]),
+    )
     names = _lora_module_names(model)
     assert names and all(n.endswith("self_attn.q_proj") for n in names)
 
@@ -89,18 +92,22 @@ def test_towers_are_not_loaded_by_default_and_ple_lives_on_host(tiny_dir):
 def test_a_model_that_is_not_gemma4_is_refused(tmp_path):
     from transformers import LlamaConfig
 
-    LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                vocab_size=64).save_pretrained(tmp_path)
+    LlamaConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=64
+    ).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match=r"model.name_or_path=.*'llama'.*Gemma 4"):
         load_config(str(tmp_path))
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"r": 0}, r"model.lora.r=0"),
-    ({"alpha": -1}, r"model.lora.alpha=-1"),
-    ({"dropout": 1.5}, r"model.lora.dropout=1.5"),
-    ({"targets": ["qkv"]}, r"model.lora.targets=\['qkv'\]"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"r": 0}, r"model.lora.r=0"),
+        ({"alpha": -1}, r"model.lora.alpha=-1"),
+        ({"dropout": 1.5}, r"model.lora.dropout=1.5"),
+        ({"targets": ["qkv"]}, r"model.lora.targets=\['qkv'\]"),
+    ],
+)
 def test_bad_lora_values_name_the_field(kwargs, message):
     with pytest.raises(ValueError, match=message):
         LoraSpec(**kwargs)

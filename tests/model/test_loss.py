@@ -57,9 +57,9 @@ def test_chunked_loss_matches_full_logits_for_any_chunk_size(chunk):
     labels[0, :3] = -100
     logits = torch.tanh((hidden @ weight.t()) / 30.0) * 30.0
     ref = full_logits_loss(logits, labels)
-    ref_grad, = torch.autograd.grad(ref.loss, hidden)
+    (ref_grad,) = torch.autograd.grad(ref.loss, hidden)
     out = chunked_lm_loss(hidden, weight, labels, softcap=30.0, chunk_size=chunk)
-    grad, = torch.autograd.grad(out.loss, hidden)
+    (grad,) = torch.autograd.grad(out.loss, hidden)
     torch.testing.assert_close(out.loss.double(), ref.loss.double(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-6)
     assert torch.equal(out.preds, ref.preds) and torch.equal(out.targets, ref.targets)
@@ -72,8 +72,7 @@ def test_eager_attention_gives_the_sdpa_loss_on_packed_rows(tokenizer):
     assert eager.model.config.get_text_config()._attn_implementation == "eager"
     assert sdpa.model.config.get_text_config()._attn_implementation == "sdpa"
     batch = packed_batch(tokenizer)
-    torch.testing.assert_close(loss_and_grads(eager, batch)[0], loss_and_grads(sdpa, batch)[0], atol=1e-5,
-                               rtol=0)
+    torch.testing.assert_close(loss_and_grads(eager, batch)[0], loss_and_grads(sdpa, batch)[0], atol=1e-5, rtol=0)
 
 
 def test_attention_value_is_checked():

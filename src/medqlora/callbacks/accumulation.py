@@ -39,6 +39,8 @@ def check_validation_interval(trainer) -> None:
     if every >= trainer.num_training_batches:
         return  # validation at epoch end: the last, partial window is stepped first
     lower, upper = every // accumulate * accumulate, (every // accumulate + 1) * accumulate
-    raise ValueError(f"trainer.val_check_interval validates every {every} micro-batches, which is not a multiple of "
-                     f"GradientAccumulation.accumulate={accumulate}: validations and their checkpoints would fall "
-                     f"inside an accumulation window; use {upper}" + (f" or {lower}" if lower else ""))
+    raise ValueError(
+        f"trainer.val_check_interval validates every {every} micro-batches, which is not a multiple of "
+        f"GradientAccumulation.accumulate={accumulate}: validations and their checkpoints would fall "
+        f"inside an accumulation window; use {upper}" + (f" or {lower}" if lower else "")
+    )

@@ -40,8 +40,13 @@ class AdapterExport(Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Save adapter-best when the monitored value improves (while fitting; not during the sanity check)."""
         value = trainer.callback_metrics.get(self.monitor)
-        if not self.save_best or trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking or \
-                value is None or float(value) >= self.best:
+        if (
+            not self.save_best
+            or trainer.state.fn != TrainerFn.FITTING
+            or trainer.sanity_checking
+            or value is None
+            or float(value) >= self.best
+        ):
             return
         self.best = float(value)
         weights, directory = pl_module.adapter_weights(), self.adapter_dir(trainer, "adapter-best")  # every rank

@@ -18,8 +18,14 @@ from medqlora.runs import read_metrics
 PANELS = [  # (title, [(metric column, label)])
     ("loss", [("train/loss", "train"), ("val/loss", "validation")]),
     ("learning rate", [("lr", "lr")]),
-    ("peak memory (GiB)", [("mem/peak_alloc_gib", "CUDA allocated"), ("mem/peak_reserved_gib", "CUDA reserved"),
-                           ("mem/rss_gib", "host RSS")]),
+    (
+        "peak memory (GiB)",
+        [
+            ("mem/peak_alloc_gib", "CUDA allocated"),
+            ("mem/peak_reserved_gib", "CUDA reserved"),
+            ("mem/rss_gib", "host RSS"),
+        ],
+    ),
 ]
 
 
@@ -34,8 +40,9 @@ def plot_curves(run_dir: str | Path, out: str | Path | None = None, panels: list
     run_dir = Path(run_dir)
     metrics = run_dir / "metrics.csv"
     if not metrics.is_file():
-        raise FileNotFoundError(f"{metrics} not found: point at a run directory written by CSVLogger "
-                                "(runs/<name>/<version>/)")
+        raise FileNotFoundError(
+            f"{metrics} not found: point at a run directory written by CSVLogger (runs/<name>/<version>/)"
+        )
     series = read_metrics(metrics)
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
     for ax, (title, columns) in zip(axes[0], panels):

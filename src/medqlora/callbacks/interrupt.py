@@ -44,8 +44,9 @@ class CheckpointOnInterrupt(Callback):
         except ValueError:  # not the main thread: leave signals to the host process
             self._previous = {}
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
         """At a step boundary after a signal: save and ask the trainer to stop."""
         if not optimizer_step_done(trainer):
             return
@@ -56,8 +57,10 @@ class CheckpointOnInterrupt(Callback):
         self.saved = root / "interrupted.ckpt"
         trainer.save_checkpoint(self.saved)
         name = signal.Signals(self.received).name if self.received is not None else "a signal (on another rank)"
-        rank_zero_info(f"medqlora: {name} received; saved {self.saved} at "
-                       f"optimizer step {trainer.global_step}; resume with --ckpt_path {self.saved}")
+        rank_zero_info(
+            f"medqlora: {name} received; saved {self.saved} at "
+            f"optimizer step {trainer.global_step}; resume with --ckpt_path {self.saved}"
+        )
         self.stopped_by = self.received if self.received is not None else int(signal.SIGTERM)
         trainer.should_stop = True
 

@@ -24,8 +24,9 @@ GIB = 1024**3
 
 
 def _tensor_bytes(tensors, device: torch.device) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors
-               if isinstance(t, torch.Tensor) and t.device.type == device.type)
+    return sum(
+        t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor) and t.device.type == device.type
+    )
 
 
 def _rss_bytes() -> int:
@@ -71,19 +72,25 @@ class PeakMemory(Callback):
         params = _tensor_bytes([*pl_module.parameters(), *pl_module.buffers()], device)
         state = [v for opt in trainer.optimizers for s in opt.state.values() for v in s.values()]
         grads = _tensor_bytes([p.grad for p in pl_module.parameters() if p.grad is not None], device)
-        return {"params_gib": params / GIB, "optimizer_state_gib": _tensor_bytes(state, device) / GIB,
-                "grads_gib": grads / GIB}
+        return {
+            "params_gib": params / GIB,
+            "optimizer_state_gib": _tensor_bytes(state, device) / GIB,
+            "grads_gib": grads / GIB,
+        }
 
     def measure(self, trainer: L.Trainer) -> dict[str, float]:
         """Peak since the last reset (CUDA) or resident set (CPU), in GiB."""
         device = self._device(trainer)
         if device.type == "cuda":
-            return {"peak_alloc_gib": torch.cuda.max_memory_allocated(device) / GIB,
-                    "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / GIB}
+            return {
+                "peak_alloc_gib": torch.cuda.max_memory_allocated(device) / GIB,
+                "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / GIB,
+            }
         return {"rss_gib": _rss_bytes() / GIB, "peak_rss_gib": _peak_rss_bytes() / GIB}
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
         """Log the interval's peak on optimizer-step boundaries and reset it."""
         every = self.every_n_steps or trainer.log_every_n_steps
         if optimizer_step_done(trainer) and trainer.global_step % max(1, every) == 0:
@@ -92,8 +99,9 @@ class PeakMemory(Callback):
             self._epoch_peak = max(self._epoch_peak, peak)
             self.summary["peak_gib"] = max(self.summary.get("peak_gib", 0.0), peak)
             if "peak_reserved_gib" in stats:
-                self.summary["peak_reserved_gib"] = max(self.summary.get("peak_reserved_gib", 0.0),
-                                                        stats["peak_reserved_gib"])
+                self.summary["peak_reserved_gib"] = max(
+                    self.summary.get("peak_reserved_gib", 0.0), stats["peak_reserved_gib"]
+                )
             for key, value in stats.items():
                 pl_module.log(f"mem/{key}", value, on_step=True, prog_bar=key in ("peak_alloc_gib", "rss_gib"))
             if self._device(trainer).type == "cuda":
@@ -112,14 +120,20 @@ class PeakMemory(Callback):
         on_cuda = self._device(trainer).type == "cuda"
         reserved = max(self.summary.get("peak_reserved_gib", 0.0), stats.get("peak_reserved_gib", 0.0))
         name = torch.cuda.get_device_name(self._device(trainer)) if on_cuda else (platform.processor() or "CPU")
-        self.summary = {"device": str(self._device(trainer)), "device_name": name, "peak_gib": peak,
-                        "peak_reserved_gib": reserved,
-                        **split,
-                        "activations_peak_gib": max(0.0, peak - sum(split.values())) if on_cuda else None,
-                        "wall_time_s": self.wall_time_s()}
-        rank_zero_info("medqlora memory: peak {peak_gib:.2f} GiB on {device} (params {params_gib:.2f}, "
-                       "optimizer {optimizer_state_gib:.3f}, grads {grads_gib:.3f}); "
-                       "wall {wall_time_s:.0f} s".format(**self.summary))
+        self.summary = {
+            "device": str(self._device(trainer)),
+            "device_name": name,
+            "peak_gib": peak,
+            "peak_reserved_gib": reserved,
+            **split,
+            "activations_peak_gib": max(0.0, peak - sum(split.values())) if on_cuda else None,
+            "wall_time_s": self.wall_time_s(),
+        }
+        rank_zero_info(
+            "medqlora memory: peak {peak_gib:.2f} GiB on {device} (params {params_gib:.2f}, "
+            "optimizer {optimizer_state_gib:.3f}, grads {grads_gib:.3f}); "
+            "wall {wall_time_s:.0f} s".format(**self.summary)
+        )
         directory = run_dir(trainer) if trainer.loggers else None  # every rank: a collective
         if trainer.is_global_zero and directory is not None:
             atomic_write_text(directory / "memory.json", json.dumps(self.summary, indent=2))

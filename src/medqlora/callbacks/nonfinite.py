@@ -41,8 +41,9 @@ class NonFiniteGuard(Callback):
         """Remember which rows the current optimizer step is made of."""
         self.window_rows.extend(batch.get("row_ids", []) if isinstance(batch, dict) else [])
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
         """A finished optimizer step starts a new window of rows."""
         if optimizer_step_done(trainer):
             self.window_rows = []
@@ -56,8 +57,10 @@ class NonFiniteGuard(Callback):
         rows = ", ".join(self.window_rows[:20]) + (" ..." if len(self.window_rows) > 20 else "")
         where = f"optimizer step {trainer.global_step} (epoch {trainer.current_epoch}; rows {rows or 'unknown'})"
         if self.policy == "stop" or self.skipped >= self.max_skips:
-            raise NonFiniteError(f"non-finite loss or gradient at {where}; last good checkpoint: {last}. "
-                                 "Lower model.lr, check the batch's rows, or set NonFiniteGuard.policy: skip")
+            raise NonFiniteError(
+                f"non-finite loss or gradient at {where}; last good checkpoint: {last}. "
+                "Lower model.lr, check the batch's rows, or set NonFiniteGuard.policy: skip"
+            )
         self.skipped += 1
         for p in params:
             p.grad = None

@@ -22,8 +22,9 @@ def total_optimizer_steps(trainer: L.Trainer) -> int:
     batches = trainer.num_training_batches
     if batches == float("inf"):
         return estimated
-    steps = sum(math.ceil(batches / schedulers[0].get_accumulate_grad_batches(epoch))
-                for epoch in range(trainer.max_epochs))
+    steps = sum(
+        math.ceil(batches / schedulers[0].get_accumulate_grad_batches(epoch)) for epoch in range(trainer.max_epochs)
+    )
     return min(steps, trainer.max_steps) if trainer.max_steps and trainer.max_steps > 0 else steps
 
 

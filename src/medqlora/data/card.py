@@ -39,9 +39,11 @@ class DataCard:
             supervised = sum(sum(1 for t in labels if t != IGNORE_INDEX) for labels in rows["labels"])
             drawn = {"drawn_train": stats["train"], "drawn_val": stats["val"]}  # before tokenising
             sources[name] = {
-                **{k: v for k, v in stats.items() if k not in ("train", "val")}, **drawn,
+                **{k: v for k, v in stats.items() if k not in ("train", "val")},
+                **drawn,
                 "removed_after_tokenising": {"train": train_drops.get(name, {}), "val": val_drops.get(name, {})},
-                "train_rows": len(rows), "val_rows": val_sources.count(name),  # what is trained and validated on
+                "train_rows": len(rows),
+                "val_rows": val_sources.count(name),  # what is trained and validated on
                 "token_length_percentiles": {f"p{p}": int(np.percentile(lengths, p)) for p in (5, 50, 95, 100)},
                 "supervised_token_share": round(supervised / max(1, int(lengths.sum())), 4),
             }
@@ -50,42 +52,61 @@ class DataCard:
         grouped = LengthGroupedBatchSampler(lengths, dm.micro_batch_size, dm.seed, True, True).plan()
         packs = PackingBatchSampler(lengths, dm.pack_tokens, dm.seed, True).packs()
         totals = {"train": len(dm.train_set), "val": len(dm.val_set)}
-        return cls({
-            "seed": dm.seed, "max_length": dm.max_length, "reasoning": dm.reasoning,
-            "sample_policy": dm.sample_policy, "val_fraction": dm.val_fraction, "tokenizer": dm.tokenizer_name,
-            "totals": totals,
-            "recipe_target": RECIPE_TARGET,
-            "recipe_gap": {k: totals[k] - RECIPE_TARGET[k] for k in totals},
-            "padding_ratio": {
-                "padded": padding_ratio(lengths, padded, False, 0),
-                "padded_grouped_by_length": padding_ratio(lengths, grouped, False, 0),
-                f"packed_{dm.pack_tokens}": padding_ratio(lengths, packs, True, dm.pack_tokens),
-            },
-            "layout": "packed" if dm.packing else "padded",
-            "sources": sources,
-        })
+        return cls(
+            {
+                "seed": dm.seed,
+                "max_length": dm.max_length,
+                "reasoning": dm.reasoning,
+                "sample_policy": dm.sample_policy,
+                "val_fraction": dm.val_fraction,
+                "tokenizer": dm.tokenizer_name,
+                "totals": totals,
+                "recipe_target": RECIPE_TARGET,
+                "recipe_gap": {k: totals[k] - RECIPE_TARGET[k] for k in totals},
+                "padding_ratio": {
+                    "padded": padding_ratio(lengths, padded, False, 0),
+                    "padded_grouped_by_length": padding_ratio(lengths, grouped, False, 0),
+                    f"packed_{dm.pack_tokens}": padding_ratio(lengths, packs, True, dm.pack_tokens),
+                },
+                "layout": "packed" if dm.packing else "padded",
+                "sources": sources,
+            }
+        )
 
     def markdown(self) -> str:
         """Human-readable card."""
         c = self.content
-        lines = ["# Data card", "", f"Seed {c['seed']}, max length {c['max_length']}, reasoning "
-                 f"`{c['reasoning']}`, sample policy `{c['sample_policy']}`, validation {c['val_fraction']:.0%} "
-                 "per source.", "",
-                 f"Rows: {c['totals']['train']} train / {c['totals']['val']} validation; the model card's "
-                 f"recipe: {c['recipe_target']['train']} / {c['recipe_target']['val']} "
-                 f"(difference {c['recipe_gap']['train']:+d} / {c['recipe_gap']['val']:+d}).", "",
-                 "| source | location | licence | loaded | removed | target | train rows | val rows | "
-                 "upsampled | p50 / p95 tokens | supervised share |",
-                 "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines = [
+            "# Data card",
+            "",
+            f"Seed {c['seed']}, max length {c['max_length']}, reasoning "
+            f"`{c['reasoning']}`, sample policy `{c['sample_policy']}`, validation {c['val_fraction']:.0%} "
+            "per source.",
+            "",
+            f"Rows: {c['totals']['train']} train / {c['totals']['val']} validation; the model card's "
+            f"recipe: {c['recipe_target']['train']} / {c['recipe_target']['val']} "
+            f"(difference {c['recipe_gap']['train']:+d} / {c['recipe_gap']['val']:+d}).",
+            "",
+            "| source | location | licence | loaded | removed | target | train rows | val rows | "
+            "upsampled | p50 / p95 tokens | supervised share |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for name, s in c["sources"].items():
             after = s["removed_after_tokenising"]
-            removed = {**s["removed"], **{f"{k} (tokens)": after["train"].get(k, 0) + after["val"].get(k, 0)
-                                          for k in {**after["train"], **after["val"]}}}
+            removed = {
+                **s["removed"],
+                **{
+                    f"{k} (tokens)": after["train"].get(k, 0) + after["val"].get(k, 0)
+                    for k in {**after["train"], **after["val"]}
+                },
+            }
             removed_text = ", ".join(f"{k} {v}" for k, v in removed.items()) or "none"
             p = s["token_length_percentiles"]
-            lines.append(f"| {name} | `{s['location']}` | {s['license']} | {s['loaded']} | {removed_text} | "
-                         f"{s['target']} | {s['train_rows']} | {s['val_rows']} | {s['upsampled']} | "
-                         f"{p['p50']} / {p['p95']} | {s['supervised_token_share']:.1%} |")
+            lines.append(
+                f"| {name} | `{s['location']}` | {s['license']} | {s['loaded']} | {removed_text} | "
+                f"{s['target']} | {s['train_rows']} | {s['val_rows']} | {s['upsampled']} | "
+                f"{p['p50']} / {p['p95']} | {s['supervised_token_share']:.1%} |"
+            )
         lines += ["", "Padding ratio (share of tensor slots holding no token):", ""]
         lines += [f"- {k}: {v:.1%}" for k, v in c["padding_ratio"].items()]
         return "\n".join(lines) + "\n"
@@ -119,10 +140,14 @@ def source_losses(content: dict, required: dict[str, bool]) -> tuple[list[str], 
             for reason, count in reasons.items():
                 if entering and count > entering / 2:
                     fix = FIXES.get(reason, DEFAULT_FIX).format(max_length=content["max_length"])
-                    warnings.append(f"source {name!r}: {count} of {entering} rows ({count / entering:.0%}) removed as "
-                                    f"{reason}; {fix}")
+                    warnings.append(
+                        f"source {name!r}: {count} of {entering} rows ({count / entering:.0%}) removed as "
+                        f"{reason}; {fix}"
+                    )
         if s["train_rows"] == 0 and required.get(name, True):
             why = "; ".join(warnings[-2:]) if warnings else "no row survived"
-            errors.append(f"source {name!r} has no training row left ({why}). Fix it, or set `required: false` on "
-                          "the source to train without it")
+            errors.append(
+                f"source {name!r} has no training row left ({why}). Fix it, or set `required: false` on "
+                "the source to train without it"
+            )
     return warnings, errors

@@ -37,8 +37,7 @@ def messages_of(conv: Conversation) -> list[dict[str, str]]:
 def generation_prompt(messages: list[dict[str, str]], tokenizer, thinking: bool) -> str:
     """The template's prompt for the model's next turn (with Gemma 4's empty thought channel when thinking is
     off): what training puts before every target and what evaluation and generation send."""
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
-                                         enable_thinking=thinking)
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, enable_thinking=thinking)
 
 
 def render_prompt(conv: Conversation, tokenizer) -> str:

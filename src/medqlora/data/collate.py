@@ -52,7 +52,7 @@ class _EpochBatchSampler(Sampler[list[int]]):
         if self.shuffle:
             random.Random(f"{self.seed}:{self.epoch}:batches").shuffle(batches)
         usable = len(batches) - len(batches) % self.world_size if self.world_size > 1 else len(batches)
-        return batches[self.rank:usable:self.world_size]
+        return batches[self.rank : usable : self.world_size]
 
     def __iter__(self) -> Iterator[list[int]]:
         skip, self._skip = self._skip, 0
@@ -65,8 +65,16 @@ class _EpochBatchSampler(Sampler[list[int]]):
 class LengthGroupedBatchSampler(_EpochBatchSampler):
     """Fixed-size batches; with `group_by_length`, rows of similar length share a batch (less padding)."""
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, shuffle: bool = True,
-                 group_by_length: bool = False, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        seed: int,
+        shuffle: bool = True,
+        group_by_length: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         super().__init__(lengths, seed, shuffle, rank, world_size)
         self.batch_size, self.group_by_length = batch_size, group_by_length
 
@@ -74,9 +82,12 @@ class LengthGroupedBatchSampler(_EpochBatchSampler):
         order = self._order()
         if self.group_by_length:
             chunk = LOOKAHEAD * self.batch_size
-            order = [i for s in range(0, len(order), chunk)
-                     for i in sorted(order[s:s + chunk], key=lambda i: -self.lengths[i])]
-        return [order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size)]
+            order = [
+                i
+                for s in range(0, len(order), chunk)
+                for i in sorted(order[s : s + chunk], key=lambda i: -self.lengths[i])
+            ]
+        return [order[s : s + self.batch_size] for s in range(0, len(order), self.batch_size)]
 
 
 class PackingBatchSampler(_EpochBatchSampler):
@@ -84,8 +95,16 @@ class PackingBatchSampler(_EpochBatchSampler):
     yields `rows_per_batch` packs per micro-batch, as (row index, slot) pairs: the slot is the packed row
     of the micro-batch that the row goes into (read with `PackedRows`)."""
 
-    def __init__(self, lengths: Sequence[int], pack_tokens: int, seed: int, shuffle: bool = True,
-                 rank: int = 0, world_size: int = 1, rows_per_batch: int = 1):
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        pack_tokens: int,
+        seed: int,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        rows_per_batch: int = 1,
+    ):
         super().__init__(lengths, seed, shuffle, rank, world_size)
         self.pack_tokens, self.rows_per_batch = pack_tokens, rows_per_batch  # rows fit: check_lengths
 
@@ -94,7 +113,7 @@ class PackingBatchSampler(_EpochBatchSampler):
         order, packs = self._order(), []
         for s in range(0, len(order), LOOKAHEAD):
             window: list[tuple[int, list[int]]] = []  # (tokens used, rows)
-            for i in sorted(order[s:s + LOOKAHEAD], key=lambda i: -self.lengths[i]):
+            for i in sorted(order[s : s + LOOKAHEAD], key=lambda i: -self.lengths[i]):
                 slot = next((w for w in window if w[0] + self.lengths[i] <= self.pack_tokens), None)
                 if slot is None:
                     window.append((self.lengths[i], [i]))
@@ -107,8 +126,9 @@ class PackingBatchSampler(_EpochBatchSampler):
 
     def plan(self) -> list[list[tuple[int, int]]]:
         packs, k = self.packs(), self.rows_per_batch
-        return [[(i, slot) for slot, pack in enumerate(packs[s:s + k]) for i in pack]
-                for s in range(0, len(packs), k)]
+        return [
+            [(i, slot) for slot, pack in enumerate(packs[s : s + k]) for i in pack] for s in range(0, len(packs), k)
+        ]
 
 
 class PackedRows(Dataset):

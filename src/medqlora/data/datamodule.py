@@ -47,11 +47,14 @@ def check_lengths(max_length: int, pack_tokens: int, model: str) -> None:
         raise ValueError(f"data.max_length={max_length} is too small; use at least 16 (recipe: 2048)")
     positions = max_positions(model)
     if max_length > positions:
-        raise ValueError(f"data.max_length={max_length} exceeds the {positions} positions of "
-                         f"model.name_or_path={model!r}; set data.max_length <= {positions}")
+        raise ValueError(
+            f"data.max_length={max_length} exceeds the {positions} positions of "
+            f"model.name_or_path={model!r}; set data.max_length <= {positions}"
+        )
     if pack_tokens < max_length:
-        raise ValueError(f"data.pack_tokens={pack_tokens} < data.max_length={max_length}; "
-                         "a packed row must hold the longest row")
+        raise ValueError(
+            f"data.pack_tokens={pack_tokens} < data.max_length={max_length}; a packed row must hold the longest row"
+        )
 
 
 class MedicalMixDataModule(L.LightningDataModule):
@@ -75,12 +78,24 @@ class MedicalMixDataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes.
     """
 
-    def __init__(self, sources: list[SourceSpec] | None = None, tokenizer: str = "tiny", max_length: int = 2048,
-                 micro_batch_size: int = 2, packing: bool = True, pack_tokens: int | None = None,
-                 group_by_length: bool = False, reasoning: ReasoningMode = "thinking",
-                 system_prompt: str | None = None, truncation: Truncation = "drop",
-                 sample_policy: SamplePolicy = "all", val_fraction: float = 0.05, seed: int = 42,
-                 decontaminate: list[EvalQuestions] | None = None, num_workers: int = 0):
+    def __init__(
+        self,
+        sources: list[SourceSpec] | None = None,
+        tokenizer: str = "tiny",
+        max_length: int = 2048,
+        micro_batch_size: int = 2,
+        packing: bool = True,
+        pack_tokens: int | None = None,
+        group_by_length: bool = False,
+        reasoning: ReasoningMode = "thinking",
+        system_prompt: str | None = None,
+        truncation: Truncation = "drop",
+        sample_policy: SamplePolicy = "all",
+        val_fraction: float = 0.05,
+        seed: int = 42,
+        decontaminate: list[EvalQuestions] | None = None,
+        num_workers: int = 0,
+    ):
         super().__init__()
         # saved in checkpoints, so a resume can refuse settings that would change its rows (medqlora.resume);
         # not logged: the model's hyperparameters are, and both have a `seed`
@@ -119,9 +134,15 @@ class MedicalMixDataModule(L.LightningDataModule):
 
     def _build(self) -> None:
         self.tokenizer = self.tokenizer or load_tokenizer(self.tokenizer_name)
-        mix = build_mix(self.sources, seed=self.seed, val_fraction=self.val_fraction, reasoning=self.reasoning,
-                        system_prompt=self.system_prompt, policy=self.sample_policy,
-                        decontaminate=self.decontaminate)
+        mix = build_mix(
+            self.sources,
+            seed=self.seed,
+            val_fraction=self.val_fraction,
+            reasoning=self.reasoning,
+            system_prompt=self.system_prompt,
+            policy=self.sample_policy,
+            decontaminate=self.decontaminate,
+        )
         self.train_set, train_drops = self._encode(mix.train, "train")
         self.val_set, val_drops = self._encode(mix.val, "val")
         self.card = DataCard.from_run(self, mix, train_drops, val_drops)
@@ -140,8 +161,7 @@ class MedicalMixDataModule(L.LightningDataModule):
                 enc = encode(conv, tokenizer, max_length, truncation)
             except ValueError as err:
                 return {"input_ids": [], "labels": [], "length": 0, "drop_reason": str(err)}
-            return {"input_ids": enc.input_ids, "labels": enc.labels, "length": len(enc.input_ids),
-                    "drop_reason": None}
+            return {"input_ids": enc.input_ids, "labels": enc.labels, "length": len(enc.input_ids), "drop_reason": None}
 
         encoded = convs.map(tokenise, desc=f"{split}: conversations -> tokens")
         drops: dict[str, dict[str, int]] = {}
@@ -159,18 +179,24 @@ class MedicalMixDataModule(L.LightningDataModule):
         world = self.trainer.world_size if self._trainer_attached() else 1
         lengths = data["length"]
         if self.packing:
-            return PackingBatchSampler(lengths, self.pack_tokens, self.seed, shuffle, rank, world,
-                                       rows_per_batch=self.micro_batch_size)
-        return LengthGroupedBatchSampler(lengths, self.micro_batch_size, self.seed, shuffle,
-                                         self.group_by_length, rank, world)
+            return PackingBatchSampler(
+                lengths, self.pack_tokens, self.seed, shuffle, rank, world, rows_per_batch=self.micro_batch_size
+            )
+        return LengthGroupedBatchSampler(
+            lengths, self.micro_batch_size, self.seed, shuffle, self.group_by_length, rank, world
+        )
 
     def _loader(self, data: Dataset, shuffle: bool, cls: type[DataLoader] = DataLoader, **extra) -> DataLoader:
         rows = data.select_columns(["row_id", "input_ids", "labels"])
-        return cls(PackedRows(rows) if self.packing else rows, batch_sampler=self.batch_sampler(data, shuffle),
-                   collate_fn=Collator(self.packing, self.tokenizer.pad_token_id, self.pack_tokens),
-                   num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-                   generator=torch.Generator().manual_seed(self.seed),  # leaves the global RNG alone
-                   **extra)
+        return cls(
+            PackedRows(rows) if self.packing else rows,
+            batch_sampler=self.batch_sampler(data, shuffle),
+            collate_fn=Collator(self.packing, self.tokenizer.pad_token_id, self.pack_tokens),
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.seed),  # leaves the global RNG alone
+            **extra,
+        )
 
     def _batches_done(self) -> int:
         # processed (not completed): a checkpoint written in on_train_batch_end has trained that batch

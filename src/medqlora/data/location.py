@@ -41,13 +41,19 @@ class Location:
             self.hub_id, self.config = None, None  # the local file replaces the hub dataset
             resolved = Path(self.path).expanduser().resolve()
             if not resolved.exists():
-                raise FileNotFoundError(f"{what}: path={self.path!r} does not exist (resolved to {resolved}); "
-                                        "fix the path or use hub_id")
-            suffix = resolved.suffix if resolved.is_file() else next(
-                (p.suffix for p in sorted(resolved.iterdir()) if p.suffix in LOCAL_BUILDERS), "")
+                raise FileNotFoundError(
+                    f"{what}: path={self.path!r} does not exist (resolved to {resolved}); fix the path or use hub_id"
+                )
+            suffix = (
+                resolved.suffix
+                if resolved.is_file()
+                else next((p.suffix for p in sorted(resolved.iterdir()) if p.suffix in LOCAL_BUILDERS), "")
+            )
             if suffix not in LOCAL_BUILDERS:
-                raise ValueError(f"{what}: path={self.path!r} is not one of {sorted(LOCAL_BUILDERS)}; convert it "
-                                 "or point hub_id at it")
+                raise ValueError(
+                    f"{what}: path={self.path!r} is not one of {sorted(LOCAL_BUILDERS)}; convert it "
+                    "or point hub_id at it"
+                )
             self.path = str(resolved)
 
     @property
@@ -70,9 +76,11 @@ def diagnose_file(path: Path) -> str | None:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        line = raw[:err.start].count(b"\n") + 1
-        return (f"{path} line {line}: byte 0x{raw[err.start]:02x} is not UTF-8; re-save the file as UTF-8 "
-                "(e.g. iconv -f latin1 -t utf-8)")
+        line = raw[: err.start].count(b"\n") + 1
+        return (
+            f"{path} line {line}: byte 0x{raw[err.start]:02x} is not UTF-8; re-save the file as UTF-8 "
+            "(e.g. iconv -f latin1 -t utf-8)"
+        )
     if path.suffix == ".csv":
         header = text.splitlines()[0]
         if "," not in header and ";" in header:
@@ -110,8 +118,12 @@ def load_rows(where: Location, name: str):
                 problem = diagnose_file(file)
                 if problem:
                     raise ValueError(f"{name}: {problem}") from err
-            raise ValueError(f"{name}: could not read {where.path} ({type(err).__name__}: "
-                             f"{str(err).splitlines()[0] if str(err) else ''}); check the file's format") from err
-        raise ValueError(f"{name}: could not read {where.hub_id!r} (config {where.config!r}, split {where.split!r}; "
-                         f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); check the id, "
-                         "or log in (huggingface-cli login) and set HF_HUB_OFFLINE=0 if the dataset is gated") from err
+            raise ValueError(
+                f"{name}: could not read {where.path} ({type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else ''}); check the file's format"
+            ) from err
+        raise ValueError(
+            f"{name}: could not read {where.hub_id!r} (config {where.config!r}, split {where.split!r}; "
+            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); check the id, "
+            "or log in (huggingface-cli login) and set HF_HUB_OFFLINE=0 if the dataset is gated"
+        ) from err

@@ -60,13 +60,14 @@ def load_source(spec: SourceSpec) -> Dataset:
     if problem:  # e.g. a ';'-separated CSV reads as one column
         raise ValueError(f"source {spec.name!r}: {problem}")
     if missing:
-        raise ValueError(f"source {spec.name!r} ({spec.location}): missing column(s) {missing}; it has "
-                         f"{rows.column_names}. Fix: map them with `columns:` in the source's YAML entry")
+        raise ValueError(
+            f"source {spec.name!r} ({spec.location}): missing column(s) {missing}; it has "
+            f"{rows.column_names}. Fix: map them with `columns:` in the source's YAML entry"
+        )
     return rows
 
 
-def conversations(rows: Dataset, spec: SourceSpec, reasoning: ReasoningMode,
-                  system_prompt: str | None) -> Dataset:
+def conversations(rows: Dataset, spec: SourceSpec, reasoning: ReasoningMode, system_prompt: str | None) -> Dataset:
     """Rows -> conversation columns; rows that cannot convert keep a `drop_reason`."""
 
     def convert(row: dict, index: int) -> dict:
@@ -76,12 +77,19 @@ def conversations(rows: Dataset, spec: SourceSpec, reasoning: ReasoningMode,
             conv = to_conversation(row, spec, reasoning, system_prompt)
         except RowError as err:
             return {**out, "drop_reason": err.reason}
-        return {**out, "system": conv.system, "user": conv.user, "reasoning": conv.reasoning,
-                "answer": conv.answer, "qkey": normalise_question(conv.user)}
+        return {
+            **out,
+            "system": conv.system,
+            "user": conv.user,
+            "reasoning": conv.reasoning,
+            "answer": conv.answer,
+            "qkey": normalise_question(conv.user),
+        }
 
     try:
-        return rows.map(convert, with_indices=True, remove_columns=rows.column_names,
-                        desc=f"{spec.name}: rows -> conversations")
+        return rows.map(
+            convert, with_indices=True, remove_columns=rows.column_names, desc=f"{spec.name}: rows -> conversations"
+        )
     except Exception as err:  # e.g. a byte that is not UTF-8, met only when the text is read
         problem = diagnose_file(Path(spec.path)) if spec.path and Path(spec.path).is_file() else None
         raise ValueError(f"source {spec.name!r}: {problem or f'{type(err).__name__}: {err}'}") from err
@@ -93,8 +101,10 @@ def eval_question_keys(sets: list[EvalQuestions]) -> set[str]:
     for s in sets:
         rows = load_rows(s, f"eval set {s.name!r}")
         if s.column not in rows.column_names:
-            raise ValueError(f"eval set {s.name!r}: no column {s.column!r} (has {rows.column_names}); "
-                             "fix `column:` in its YAML entry")
+            raise ValueError(
+                f"eval set {s.name!r}: no column {s.column!r} (has {rows.column_names}); "
+                "fix `column:` in its YAML entry"
+            )
         keys.update(key for key in (normalise_question(str(q)) for q in rows[s.column]) if key)
     return keys
 
@@ -110,7 +120,7 @@ class QuestionIndex:
         self.by_prefix: dict[tuple[str, ...], list[tuple[str, ...]]] = {}
         for key in keys:
             words = tuple(key.split())
-            self.by_prefix.setdefault(words[:self.PREFIX_WORDS], []).append(words)
+            self.by_prefix.setdefault(words[: self.PREFIX_WORDS], []).append(words)
         self.lengths = sorted({len(prefix) for prefix in self.by_prefix})
 
     def contains(self, text_key: str) -> bool:
@@ -118,15 +128,22 @@ class QuestionIndex:
         words = tuple(text_key.split())
         for start in range(len(words)):
             for length in self.lengths:
-                for question in self.by_prefix.get(words[start:start + length], ()):
-                    if words[start:start + len(question)] == question:
+                for question in self.by_prefix.get(words[start : start + length], ()):
+                    if words[start : start + len(question)] == question:
                         return True
         return False
 
 
-def build_mix(sources: list[SourceSpec], *, seed: int, val_fraction: float, reasoning: ReasoningMode,
-              system_prompt: str | None = None, policy: SamplePolicy = "all",
-              decontaminate: list[EvalQuestions] | None = None) -> MixResult:
+def build_mix(
+    sources: list[SourceSpec],
+    *,
+    seed: int,
+    val_fraction: float,
+    reasoning: ReasoningMode,
+    system_prompt: str | None = None,
+    policy: SamplePolicy = "all",
+    decontaminate: list[EvalQuestions] | None = None,
+) -> MixResult:
     """The whole mix: per source load -> convert -> filter -> dedupe (across sources) -> sample -> split.
 
     `target` counts training rows; validation rows are drawn on top at `val_fraction` of the total, and
@@ -158,14 +175,20 @@ def build_mix(sources: list[SourceSpec], *, seed: int, val_fraction: float, reas
         n_train_avail = len(keep) - round(len(keep) * val_fraction)
         n_train = n_train_avail if spec.target is None else min(spec.target, n_train_avail)
         n_val = min(len(keep) - n_train, round(n_train * val_fraction / (1 - val_fraction)))
-        val_idx, train_idx = keep[:n_val], keep[n_val:n_val + n_train]
+        val_idx, train_idx = keep[:n_val], keep[n_val : n_val + n_train]
         if policy == "upsample" and spec.target and spec.target > len(train_idx) and train_idx:
             train_idx = train_idx + [rng.choice(train_idx) for _ in range(spec.target - len(train_idx))]
         train_parts.append(convs.select(train_idx))
         val_parts.append(convs.select(val_idx))
         stats[spec.name] = {
-            "location": spec.location, "license": spec.license, "target": spec.target,
-            "loaded": len(convs), "removed": dict(sorted(reasons.items())), "available": len(keep),
-            "train": len(train_idx), "val": len(val_idx), "upsampled": max(0, len(train_idx) - n_train),
+            "location": spec.location,
+            "license": spec.license,
+            "target": spec.target,
+            "loaded": len(convs),
+            "removed": dict(sorted(reasons.items())),
+            "available": len(keep),
+            "train": len(train_idx),
+            "val": len(val_idx),
+            "upsampled": max(0, len(train_idx) - n_train),
         }
     return MixResult(concatenate_datasets(train_parts), concatenate_datasets(val_parts), stats)

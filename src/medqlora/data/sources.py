@@ -77,16 +77,19 @@ class SourceSpec(Location):
 
     def __post_init__(self) -> None:
         if self.format not in REQUIRED_FIELDS:
-            raise ValueError(f"source {self.name!r}: format={self.format!r} is unknown; "
-                             f"use one of {sorted(REQUIRED_FIELDS)}")
+            raise ValueError(
+                f"source {self.name!r}: format={self.format!r} is unknown; use one of {sorted(REQUIRED_FIELDS)}"
+            )
         super().__post_init__()
         if self.target is not None and self.target <= 0:
             raise ValueError(f"source {self.name!r}: target={self.target} must be a positive row count or null")
         self.columns = {**DEFAULT_COLUMNS[self.format], **self.columns}
         unknown = set(self.columns) - set(REQUIRED_FIELDS[self.format])
         if unknown:
-            raise ValueError(f"source {self.name!r}: columns has unknown field(s) {sorted(unknown)} for "
-                             f"format {self.format!r}; fields are {list(REQUIRED_FIELDS[self.format])}")
+            raise ValueError(
+                f"source {self.name!r}: columns has unknown field(s) {sorted(unknown)} for "
+                f"format {self.format!r}; fields are {list(REQUIRED_FIELDS[self.format])}"
+            )
 
 
 _DOUBLED_QUESTION_MARKS = re.compile(r"\?{2,}")
@@ -159,8 +162,9 @@ FORMATS: dict[str, Callable[[dict, SourceSpec, ReasoningMode], Conversation]] = 
 }
 
 
-def to_conversation(row: dict, spec: SourceSpec, reasoning: ReasoningMode,
-                    system_prompt: str | None = None) -> Conversation:
+def to_conversation(
+    row: dict, spec: SourceSpec, reasoning: ReasoningMode, system_prompt: str | None = None
+) -> Conversation:
     """Row -> Conversation, or RowError naming the filter (empty_question, empty_answer, ...)."""
     conv = FORMATS[spec.format](row, spec, reasoning)
     if not conv.user:

@@ -22,14 +22,24 @@ def check_fits(prompts: list[list[int]], max_new_tokens: int, positions: int) ->
     from garbage positions, not cut)."""
     for number, ids in enumerate(prompts, 1):
         if len(ids) + max_new_tokens > positions:
-            raise ValueError(f"prompt {number} is {len(ids):,} tokens; with --max-new-tokens {max_new_tokens} that "
-                             f"exceeds the model's {positions:,} positions: shorten the prompt or lower "
-                             "--max-new-tokens")
+            raise ValueError(
+                f"prompt {number} is {len(ids):,} tokens; with --max-new-tokens {max_new_tokens} that "
+                f"exceeds the model's {positions:,} positions: shorten the prompt or lower "
+                "--max-new-tokens"
+            )
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], *, thinking: bool = False, max_new_tokens: int = MAX_NEW_TOKENS,
-             batch_size: int = BATCH_SIZE, desc: str = "generating") -> list[str]:
+def generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    *,
+    thinking: bool = False,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    batch_size: int = BATCH_SIZE,
+    desc: str = "generating",
+) -> list[str]:
     """Greedy answers to user `prompts`, one per prompt, special tokens and thought channel removed."""
     device = next(p for p in model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -37,10 +47,11 @@ def generate(model, tokenizer, prompts: list[str], *, thinking: bool = False, ma
     check_fits(encoded, max_new_tokens, model.config.get_text_config().max_position_embeddings)
     answers = []
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch"):
-        ids, mask = left_pad(encoded[start:start + batch_size], tokenizer, device)
+        ids, mask = left_pad(encoded[start : start + batch_size], tokenizer, device)
         width = ids.shape[1]
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=pad)
+        out = model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad
+        )
         for row in out[:, width:]:
             text = tokenizer.decode(row, skip_special_tokens=False).split(END_OF_TURN)[0]
             for stop in {tokenizer.eos_token, tokenizer.pad_token} - {None}:

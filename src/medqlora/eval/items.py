@@ -96,12 +96,16 @@ def load_items(spec: BenchmarkSpec) -> list[Item]:
     for index, row in enumerate(rows):
         missing = [column for column in REQUIRED[spec.kind] if row.get(column) is None]
         if missing:
-            raise ValueError(f"benchmark {spec.name!r} row {index}: column {missing[0]!r} is missing or empty; "
-                             f"expected the columns of {spec.hub_id or 'the ' + spec.kind + ' dataset'}: "
-                             f"{', '.join(REQUIRED[spec.kind])}")
+            raise ValueError(
+                f"benchmark {spec.name!r} row {index}: column {missing[0]!r} is missing or empty; "
+                f"expected the columns of {spec.hub_id or 'the ' + spec.kind + ' dataset'}: "
+                f"{', '.join(REQUIRED[spec.kind])}"
+            )
         try:
             items.append(convert(row, index, spec.prompt))
         except (KeyError, ValueError, TypeError) as err:
-            raise ValueError(f"benchmark {spec.name!r} row {index}: {type(err).__name__} {err}; expected the "
-                             f"columns of {spec.hub_id or 'the ' + spec.kind + ' dataset'}") from err
+            raise ValueError(
+                f"benchmark {spec.name!r} row {index}: {type(err).__name__} {err}; expected the "
+                f"columns of {spec.hub_id or 'the ' + spec.kind + ' dataset'}"
+            ) from err
     return items

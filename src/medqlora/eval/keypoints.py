@@ -70,8 +70,15 @@ def score(answers: dict[str, str], prompts: list[KeyPointPrompt]) -> dict:
     return {"average": average, "disciplines": disciplines, "prompts": per_prompt}
 
 
-def compare(model, tokenizer, prompts: list[KeyPointPrompt], *, max_new_tokens: int = MAX_NEW_TOKENS,
-            thinking: bool = False, batch_size: int = BATCH_SIZE) -> tuple[dict, list[dict]]:
+def compare(
+    model,
+    tokenizer,
+    prompts: list[KeyPointPrompt],
+    *,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    thinking: bool = False,
+    batch_size: int = BATCH_SIZE,
+) -> tuple[dict, list[dict]]:
     """Generate with the adapter off (base) and on; hit rates for both and one record per prompt."""
     texts = [p.prompt for p in prompts]
     kwargs = {"thinking": thinking, "max_new_tokens": max_new_tokens, "batch_size": batch_size}
@@ -80,7 +87,16 @@ def compare(model, tokenizer, prompts: list[KeyPointPrompt], *, max_new_tokens: 
     tuned = generate(model, tokenizer, texts, desc="key points adapter", **kwargs)
     base_scores = score(dict(zip([p.id for p in prompts], base)), prompts)
     tuned_scores = score(dict(zip([p.id for p in prompts], tuned)), prompts)
-    records = [{"benchmark": "keypoints", "id": p.id, "discipline": p.discipline, "base_answer": b,
-                "adapter_answer": t, "base_hits": hits(b, p), "adapter_hits": hits(t, p)}
-               for p, b, t in zip(prompts, base, tuned)]
+    records = [
+        {
+            "benchmark": "keypoints",
+            "id": p.id,
+            "discipline": p.discipline,
+            "base_answer": b,
+            "adapter_answer": t,
+            "base_hits": hits(b, p),
+            "adapter_hits": hits(t, p),
+        }
+        for p, b, t in zip(prompts, base, tuned)
+    ]
     return {"base": base_scores, "adapter": tuned_scores}, records

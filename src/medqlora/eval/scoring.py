@@ -52,12 +52,13 @@ def _batches(pairs: list, batch_size: int) -> Iterator[list]:
         by_length.setdefault(len(pair[3]), []).append(pair)
     for group in by_length.values():
         for start in range(0, len(group), batch_size):
-            yield group[start:start + batch_size]
+            yield group[start : start + batch_size]
 
 
 @torch.no_grad()
-def choice_logprobs(model, tokenizer, items: list[Item], batch_size: int = BATCH_SIZE,
-                    desc: str = "scoring") -> list[list[float]]:
+def choice_logprobs(
+    model, tokenizer, items: list[Item], batch_size: int = BATCH_SIZE, desc: str = "scoring"
+) -> list[list[float]]:
     """log p(choice | prompt) for every choice of every item, with a progress bar."""
     device = next(p for p in model.parameters()).device
     scores = [[0.0] * len(item.choices) for item in items]
@@ -66,16 +67,20 @@ def choice_logprobs(model, tokenizer, items: list[Item], batch_size: int = BATCH
         ids, mask = left_pad([prompt + choice for _, _, prompt, choice in batch], tokenizer, device)
         k = len(batch[0][3])
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=k + 1,
-                       use_cache=False).logits[:, :-1].float()
+        logits = (
+            model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=k + 1, use_cache=False)
+            .logits[:, :-1]
+            .float()
+        )
         logp = torch.log_softmax(logits, -1).gather(-1, ids[:, -k:, None]).squeeze(-1).sum(-1)
         for (i, c, _, _), value in zip(batch, logp.tolist(), strict=True):
             scores[i][c] = value
     return scores
 
 
-def bootstrap_delta_pp(base_correct: list[bool], adapter_correct: list[bool], resamples: int = 2000,
-                       seed: int = 0) -> tuple[float, float]:
+def bootstrap_delta_pp(
+    base_correct: list[bool], adapter_correct: list[bool], resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
     """95% paired-bootstrap interval of (adapter - base) accuracy, in percentage points."""
     diff = torch.tensor(adapter_correct, dtype=torch.float64) - torch.tensor(base_correct, dtype=torch.float64)
     if diff.numel() == 0:
@@ -112,16 +117,31 @@ def compare(model, tokenizer, items: list[Item], name: str, batch_size: int = BA
         (b_raw, b_norm), (t_raw, t_norm) = predictions(b, item.choices), predictions(t, item.choices)
         for key, pick in (("base", b_raw), ("adapter", t_raw), ("base_norm", b_norm), ("adapter_norm", t_norm)):
             correct[key].append(pick == item.gold)
-        records.append({"benchmark": name, "id": item.id, "gold": item.choices[item.gold],
-                        "base_pred": item.choices[b_raw], "adapter_pred": item.choices[t_raw],
-                        "base_pred_norm": item.choices[b_norm], "adapter_pred_norm": item.choices[t_norm],
-                        "base_logprobs": b, "adapter_logprobs": t})
+        records.append(
+            {
+                "benchmark": name,
+                "id": item.id,
+                "gold": item.choices[item.gold],
+                "base_pred": item.choices[b_raw],
+                "adapter_pred": item.choices[t_raw],
+                "base_pred_norm": item.choices[b_norm],
+                "adapter_pred_norm": item.choices[t_norm],
+                "base_logprobs": b,
+                "adapter_logprobs": t,
+            }
+        )
     n = max(len(items), 1)
     accuracy = {key: 100 * sum(values) / n for key, values in correct.items()}
     low, high = bootstrap_delta_pp(correct["base_norm"], correct["adapter_norm"])
-    summary = {"benchmark": name, "items": len(items),
-               "base_accuracy": accuracy["base"], "adapter_accuracy": accuracy["adapter"],
-               "base_accuracy_norm": accuracy["base_norm"], "adapter_accuracy_norm": accuracy["adapter_norm"],
-               "delta_metric": DELTA_METRIC, "delta_pp": accuracy["adapter_norm"] - accuracy["base_norm"],
-               "delta_ci95_pp": [low, high]}
+    summary = {
+        "benchmark": name,
+        "items": len(items),
+        "base_accuracy": accuracy["base"],
+        "adapter_accuracy": accuracy["adapter"],
+        "base_accuracy_norm": accuracy["base_norm"],
+        "adapter_accuracy_norm": accuracy["adapter_norm"],
+        "delta_metric": DELTA_METRIC,
+        "delta_pp": accuracy["adapter_norm"] - accuracy["base_norm"],
+        "delta_ci95_pp": [low, high],
+    }
     return summary, records

@@ -48,8 +48,9 @@ def check_adapter_dir(adapter_dir: str | Path) -> Path:
     if not (directory / "adapter_config.json").is_file():
         raise FileNotFoundError(f"adapter {directory} has no adapter_config.json; {hint}")
     if not any((directory / name).is_file() for name in WEIGHT_FILES):
-        raise FileNotFoundError(f"adapter {directory} has no weights file ({' or '.join(WEIGHT_FILES)}): it was "
-                                f"not written whole; {hint}")
+        raise FileNotFoundError(
+            f"adapter {directory} has no weights file ({' or '.join(WEIGHT_FILES)}): it was not written whole; {hint}"
+        )
     return directory
 
 
@@ -59,8 +60,9 @@ def adapter_base(adapter_dir: str | Path) -> str:
     return json.loads(config.read_text())["base_model_name_or_path"]
 
 
-def load_adapted(adapter_dir: str | Path, base: str | None = None, device: str | None = None,
-                 quant: QuantSpec | None = None):
+def load_adapted(
+    adapter_dir: str | Path, base: str | None = None, device: str | None = None, quant: QuantSpec | None = None
+):
     """(PeftModel in eval mode, tokenizer): the base (4-bit unless `quant` says otherwise), lean as in training,
     with the adapter loaded."""
     from peft import PeftModel

@@ -57,9 +57,11 @@ def progress_line(state: dict | None) -> str | None:
     if state.get("kind") == "best":
         return f"This is the adapter with the lowest validation loss, from optimizer step {step} of {total}."
     if step is not None and total is not None and step < total:
-        return (f"**Training did not finish**: this adapter was written at optimizer step {step} of {total} "
-                "(the run was interrupted or stopped early). Resume it with `medqlora fit ... --ckpt_path "
-                "<run>/checkpoints/interrupted.ckpt` (or `last.ckpt`).")
+        return (
+            f"**Training did not finish**: this adapter was written at optimizer step {step} of {total} "
+            "(the run was interrupted or stopped early). Resume it with `medqlora fit ... --ckpt_path "
+            "<run>/checkpoints/interrupted.ckpt` (or `last.ckpt`)."
+        )
     return f"Written at the end of training, after all {total} optimizer steps."
 
 
@@ -82,63 +84,105 @@ def render(run_dir: Path, adapter_dir: Path) -> str:
     model, data_cfg, trainer = config.get("model", {}), config.get("data", {}), config.get("trainer", {})
     lora, quant = model.get("lora", {}), model.get("quantization", {})
     base = adapter_config.get("base_model_name_or_path", model.get("name_or_path"))
-    out = [f"# {model.get('name_or_path')} + medqlora LoRA adapter", "",
-           f"A LoRA adapter for `{model.get('name_or_path')}`, trained by medqlora on a medical mix.", "",
-           *([line, ""] if (line := progress_line(state)) else []),
-           "## Base model and adapter", "",
-           f"- base: `{model.get('name_or_path')}`, {quant.get('quant_type')} 4-bit "
-           f"(double quant {quant.get('double_quant')}, compute {quant.get('compute_dtype')})",
-           f"- LoRA: r={lora.get('r')}, alpha={lora.get('alpha')}, dropout={lora.get('dropout')} on "
-           f"{', '.join(lora.get('targets', []))} of every language-model layer", ""]
+    out = [
+        f"# {model.get('name_or_path')} + medqlora LoRA adapter",
+        "",
+        f"A LoRA adapter for `{model.get('name_or_path')}`, trained by medqlora on a medical mix.",
+        "",
+        *([line, ""] if (line := progress_line(state)) else []),
+        "## Base model and adapter",
+        "",
+        f"- base: `{model.get('name_or_path')}`, {quant.get('quant_type')} 4-bit "
+        f"(double quant {quant.get('double_quant')}, compute {quant.get('compute_dtype')})",
+        f"- LoRA: r={lora.get('r')}, alpha={lora.get('alpha')}, dropout={lora.get('dropout')} on "
+        f"{', '.join(lora.get('targets', []))} of every language-model layer",
+        "",
+    ]
     out += ["## Data", "", "| source | location | licence | train rows | val rows |", "|---|---|---|---|---|"]
     for name, source in (data.get("sources") or {}).items():
-        out.append(f"| {name} | {source.get('location')} | {source.get('license')} | {source.get('train_rows')} "
-                   f"| {source.get('val_rows')} |")
+        out.append(
+            f"| {name} | {source.get('location')} | {source.get('license')} | {source.get('train_rows')} "
+            f"| {source.get('val_rows')} |"
+        )
     totals = data.get("totals", {})
-    out += ["", f"Total: {totals.get('train')} training and {totals.get('val')} validation rows, max length "
-            f"{data.get('max_length')}, reasoning `{data.get('reasoning')}`, {data.get('layout')} batches.", ""]
+    out += [
+        "",
+        f"Total: {totals.get('train')} training and {totals.get('val')} validation rows, max length "
+        f"{data.get('max_length')}, reasoning `{data.get('reasoning')}`, {data.get('layout')} batches.",
+        "",
+    ]
     accumulate = _callback_args(config, "GradientAccumulation").get("accumulate")
     warmup = _callback_args(config, "CosineWarmup").get("warmup_ratio")
-    out += ["## Training", "", "| hyperparameter | value |", "|---|---|",
-            f"| optimizer | {model.get('optimizer')} |", f"| learning rate | {model.get('lr')} |",
-            f"| schedule | cosine, warmup ratio {warmup} |",
-            f"| micro-batch x accumulation | {data_cfg.get('micro_batch_size')} x {accumulate} "
-            f"(packing {data_cfg.get('packing')}) |",
-            f"| epochs / max steps | {trainer.get('max_epochs')} / {trainer.get('max_steps')} |",
-            f"| precision | {trainer.get('precision')} |", f"| seed | {config.get('seed_everything')} |", "",
-            f"Hardware: {memory.get('device_name', memory.get('device'))}; peak memory "
-            f"{memory.get('peak_gib', float('nan')):.2f} GiB; wall time {duration(memory.get('wall_time_s', 0))}.",
-            ""]
+    out += [
+        "## Training",
+        "",
+        "| hyperparameter | value |",
+        "|---|---|",
+        f"| optimizer | {model.get('optimizer')} |",
+        f"| learning rate | {model.get('lr')} |",
+        f"| schedule | cosine, warmup ratio {warmup} |",
+        f"| micro-batch x accumulation | {data_cfg.get('micro_batch_size')} x {accumulate} "
+        f"(packing {data_cfg.get('packing')}) |",
+        f"| epochs / max steps | {trainer.get('max_epochs')} / {trainer.get('max_steps')} |",
+        f"| precision | {trainer.get('precision')} |",
+        f"| seed | {config.get('seed_everything')} |",
+        "",
+        f"Hardware: {memory.get('device_name', memory.get('device'))}; peak memory "
+        f"{memory.get('peak_gib', float('nan')):.2f} GiB; wall time {duration(memory.get('wall_time_s', 0))}.",
+        "",
+    ]
     if "val/loss" in metrics:
-        out += [f"Validation: eval loss {metrics['val/loss']:.4f}, next-token accuracy on assistant tokens "
-                f"{100 * metrics.get('val/acc', float('nan')):.2f}%.", ""]
+        out += [
+            f"Validation: eval loss {metrics['val/loss']:.4f}, next-token accuracy on assistant tokens "
+            f"{100 * metrics.get('val/acc', float('nan')):.2f}%.",
+            "",
+        ]
     if results:
-        out += ["## Benchmarks (base vs adapter, same harness and load)", "",
-                "| benchmark | prompt | items | base % (norm) | adapter % (norm) | delta pp (norm) | 95% CI pp |",
-                "|---|---|---|---|---|---|---|"]
+        out += [
+            "## Benchmarks (base vs adapter, same harness and load)",
+            "",
+            "| benchmark | prompt | items | base % (norm) | adapter % (norm) | delta pp (norm) | 95% CI pp |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for b in results["benchmarks"]:
             low, high = b["delta_ci95_pp"]
             where = ", ".join(str(x) for x in (b["source"], b["split"]) if x)
             rows = f"first {b['items']}" if b.get("limit") else b["items"]
             base_acc = f"{b['base_accuracy']:.1f} ({b['base_accuracy_norm']:.1f})"
             tuned_acc = f"{b['adapter_accuracy']:.1f} ({b['adapter_accuracy_norm']:.1f})"
-            out.append(f"| {b['benchmark']} ({where}) | {b.get('prompt', '')} | {rows} | {base_acc} | {tuned_acc} "
-                       f"| {b['delta_pp']:+.1f} | [{low:+.1f}, {high:+.1f}] |")
-        out += ["", "Each option is scored by its log-likelihood after the Gemma 4 chat prompt (thinking off): the "
-                "first accuracy takes the highest sum, the one in brackets (norm) the highest per character of the "
-                "option (lm-evaluation-harness's acc_norm). The delta and its interval use the normalised accuracy. "
-                "Prompt `training`: MedQA asked exactly as the training rows render it, scored on how the trained "
-                "answer (`X: option`) opens (`A:` to `D:`); `letter`: asked for the letter and scored on A-D.", ""]
+            out.append(
+                f"| {b['benchmark']} ({where}) | {b.get('prompt', '')} | {rows} | {base_acc} | {tuned_acc} "
+                f"| {b['delta_pp']:+.1f} | [{low:+.1f}, {high:+.1f}] |"
+            )
+        out += [
+            "",
+            "Each option is scored by its log-likelihood after the Gemma 4 chat prompt (thinking off): the "
+            "first accuracy takes the highest sum, the one in brackets (norm) the highest per character of the "
+            "option (lm-evaluation-harness's acc_norm). The delta and its interval use the normalised accuracy. "
+            "Prompt `training`: MedQA asked exactly as the training rows render it, scored on how the trained "
+            "answer (`X: option`) opens (`A:` to `D:`); `letter`: asked for the letter and scored on A-D.",
+            "",
+        ]
         kp = results.get("keypoints")
         if kp:
             out += ["## Clinical key points (hit rate %)", "", "| discipline | base | adapter |", "|---|---|---|"]
             for name, value in kp["adapter"]["disciplines"].items():
                 out.append(f"| {name} | {kp['base']['disciplines'][name]:.1f} | {value:.1f} |")
             out += [f"| **average** | {kp['base']['average']:.1f} | {kp['adapter']['average']:.1f} |", ""]
-    out += [LIMITATIONS, "", "## Use", "", "```python", "from peft import PeftModel",
-            "from transformers import AutoModelForCausalLM", "",
-            f"base = AutoModelForCausalLM.from_pretrained({base!r})",
-            "model = PeftModel.from_pretrained(base, ADAPTER_DIR)", "```", ""]
+    out += [
+        LIMITATIONS,
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from peft import PeftModel",
+        "from transformers import AutoModelForCausalLM",
+        "",
+        f"base = AutoModelForCausalLM.from_pretrained({base!r})",
+        "model = PeftModel.from_pretrained(base, ADAPTER_DIR)",
+        "```",
+        "",
+    ]
     return "\n".join(out)
 
 

@@ -60,13 +60,17 @@ class QLoRAFSDPStrategy(FSDPStrategy):
 
     def __init__(self, **kwargs: Any):
         if kwargs.get("state_dict_type", "full") != "full":
-            raise ValueError(f"trainer.strategy.init_args.state_dict_type={kwargs['state_dict_type']!r}: QLoRA "
-                             "checkpoints hold only the adapter and optimizer state, written as one file; remove it")
+            raise ValueError(
+                f"trainer.strategy.init_args.state_dict_type={kwargs['state_dict_type']!r}: QLoRA "
+                "checkpoints hold only the adapter and optimizer state, written as one file; remove it"
+            )
         sharding = str(kwargs.get("sharding_strategy", "FULL_SHARD")).rsplit(".", 1)[-1]
         if sharding not in ("FULL_SHARD", "HYBRID_SHARD"):
-            raise ValueError(f"trainer.strategy.init_args.sharding_strategy={sharding!r} fails with bitsandbytes' "
-                             "4-bit weights (docs/distributed.md); use FULL_SHARD (HYBRID_SHARD across nodes), or "
-                             "`strategy: ddp` to keep a whole copy per GPU")
+            raise ValueError(
+                f"trainer.strategy.init_args.sharding_strategy={sharding!r} fails with bitsandbytes' "
+                "4-bit weights (docs/distributed.md); use FULL_SHARD (HYBRID_SHARD across nodes), or "
+                "`strategy: ddp` to keep a whole copy per GPU"
+            )
         kwargs.setdefault("auto_wrap_policy", qlora_wrap_policy)
         kwargs.setdefault("use_orig_params", True)
         kwargs.setdefault("limit_all_gathers", True)
@@ -77,8 +81,7 @@ class QLoRAFSDPStrategy(FSDPStrategy):
         """Lightning's FSDP policy for the precision, but buffers keep their dtype (Gemma 4's rotary inverse
         frequencies would lose precision in bf16) and the small LoRA gradients are reduced in fp32."""
         config = super().mixed_precision_config
-        return None if config is None else dataclasses.replace(config, reduce_dtype=torch.float32,
-                                                               buffer_dtype=None)
+        return None if config is None else dataclasses.replace(config, reduce_dtype=torch.float32, buffer_dtype=None)
 
     @property
     def lightning_restore_optimizer(self) -> bool:
@@ -94,15 +97,21 @@ class QLoRAFSDPStrategy(FSDPStrategy):
             # no forward yet: the first unit FSDP initialises becomes its root, so let the real root go first
             with FSDP.summon_full_params(root, recurse=False, writeback=False):
                 pass
-        units = [(clean_name(name), unit) for name, unit in self.lightning_module.named_modules()
-                 if isinstance(unit, FSDP) and next(unit.module.children(), None) is None
-                 and any(p.requires_grad for p in unit.module.parameters())]
+        units = [
+            (clean_name(name), unit)
+            for name, unit in self.lightning_module.named_modules()
+            if isinstance(unit, FSDP)
+            and next(unit.module.children(), None) is None
+            and any(p.requires_grad for p in unit.module.parameters())
+        ]
         covered = {f"{name}.{p}" for name, unit in units for p, _ in unit.module.named_parameters()}
         missing = self.lightning_module.trainable_names() - covered
         if missing:
-            raise ValueError(f"trainer.strategy.init_args.auto_wrap_policy left {len(missing)} trainable weights "
-                             f"(e.g. {sorted(missing)[0]}) outside a unit of their own; use the default "
-                             "medqlora.model.distributed.qlora_wrap_policy")
+            raise ValueError(
+                f"trainer.strategy.init_args.auto_wrap_policy left {len(missing)} trainable weights "
+                f"(e.g. {sorted(missing)[0]}) outside a unit of their own; use the default "
+                "medqlora.model.distributed.qlora_wrap_policy"
+            )
         return units
 
     def lightning_module_state_dict(self) -> dict[str, Any]:
@@ -129,8 +138,10 @@ class QLoRAFSDPStrategy(FSDPStrategy):
                 for param_name, param in unit.module.named_parameters():
                     key = f"{name}.{param_name}"
                     if key not in saved:
-                        raise KeyError(f"checkpoint {path} has no adapter weight {key}: it was written for another "
-                                       "LoRA setup (model.lora); resume with the same config")
+                        raise KeyError(
+                            f"checkpoint {path} has no adapter weight {key}: it was written for another "
+                            "LoRA setup (model.lora); resume with the same config"
+                        )
                     param.data.copy_(saved[key])
         return checkpoint
 
@@ -149,9 +160,11 @@ class QLoRAFSDPStrategy(FSDPStrategy):
             ranks = state.get("fsdp_rank_states")
             if ranks is None or len(ranks) != self.world_size:
                 saved = "no per-rank state" if ranks is None else f"{len(ranks)} ranks"
-                raise ValueError(f"this FSDP checkpoint holds {saved} but the run has {self.world_size}: resume on "
-                                 f"the same number of devices (trainer.devices x trainer.num_nodes), or start a new "
-                                 "run from the saved adapter")
+                raise ValueError(
+                    f"this FSDP checkpoint holds {saved} but the run has {self.world_size}: resume on "
+                    f"the same number of devices (trainer.devices x trainer.num_nodes), or start a new "
+                    "run from the saved adapter"
+                )
             optimizer.load_state_dict(ranks[self.global_rank])
 
 

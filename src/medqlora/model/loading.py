@@ -38,13 +38,15 @@ class QuantSpec:
 
     def __post_init__(self) -> None:
         if self.quant_type not in ("nf4", "fp4"):
-            raise ValueError(f"model.quantization.quant_type={self.quant_type!r}: bitsandbytes 4-bit supports "
-                             "'nf4' or 'fp4'")
+            raise ValueError(
+                f"model.quantization.quant_type={self.quant_type!r}: bitsandbytes 4-bit supports 'nf4' or 'fp4'"
+            )
         if self.compute_dtype not in DTYPES:
             raise ValueError(f"model.quantization.compute_dtype={self.compute_dtype!r}: use one of {list(DTYPES)}")
         if self.quant_storage not in ("uint8", *DTYPES):
-            raise ValueError(f"model.quantization.quant_storage={self.quant_storage!r}: use uint8 or one of "
-                             f"{list(DTYPES)}")
+            raise ValueError(
+                f"model.quantization.quant_storage={self.quant_storage!r}: use uint8 or one of {list(DTYPES)}"
+            )
         if self.double_quant and not self.load_in_4bit:
             raise ValueError("model.quantization.double_quant=true needs load_in_4bit=true; set double_quant: false")
 
@@ -60,14 +62,24 @@ class QuantSpec:
         from transformers import BitsAndBytesConfig
 
         return BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type=self.quant_type, bnb_4bit_use_double_quant=self.double_quant,
-            bnb_4bit_compute_dtype=self.dtype, llm_int8_enable_fp32_cpu_offload=offload_to_cpu,
+            load_in_4bit=True,
+            bnb_4bit_quant_type=self.quant_type,
+            bnb_4bit_use_double_quant=self.double_quant,
+            bnb_4bit_compute_dtype=self.dtype,
+            llm_int8_enable_fp32_cpu_offload=offload_to_cpu,
             bnb_4bit_quant_storage=torch.uint8 if self.quant_storage == "uint8" else DTYPES[self.quant_storage],
         )
 
 
-def load_base_model(name_or_path: str, quant: QuantSpec, device: torch.device, *, text_only: bool,
-                    ple_on_host: bool, attention: str = "sdpa"):
+def load_base_model(
+    name_or_path: str,
+    quant: QuantSpec,
+    device: torch.device,
+    *,
+    text_only: bool,
+    ple_on_host: bool,
+    attention: str = "sdpa",
+):
     """`AutoModelForCausalLM.from_pretrained` in 4 bit, placed for training.
 
     text_only: build without the vision and audio towers (never used by text training); module names of
@@ -93,8 +105,13 @@ def load_base_model(name_or_path: str, quant: QuantSpec, device: torch.device, *
     hf_logging.set_verbosity_error()
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            resolve_name_or_path(name_or_path), config=config, quantization_config=quant.bnb_config(offload),
-            dtype=quant.dtype, device_map=device_map, trust_remote_code=False, use_safetensors=True,
+            resolve_name_or_path(name_or_path),
+            config=config,
+            quantization_config=quant.bnb_config(offload),
+            dtype=quant.dtype,
+            device_map=device_map,
+            trust_remote_code=False,
+            use_safetensors=True,
             # sdpa is transformers' default where supported; naming it would fail on the audio tower
             attn_implementation=None if attention == "sdpa" else attention,
         )

@@ -38,8 +38,9 @@ class LoraSpec:
             raise ValueError(f"model.lora.dropout={self.dropout} must be in [0, 1) (recipe: 0.05)")
         unknown = sorted(set(self.targets) - set(KNOWN_TARGETS))
         if unknown or not self.targets:
-            raise ValueError(f"model.lora.targets={self.targets}: {unknown or 'empty'}; "
-                             f"choose from {list(KNOWN_TARGETS)}")
+            raise ValueError(
+                f"model.lora.targets={self.targets}: {unknown or 'empty'}; choose from {list(KNOWN_TARGETS)}"
+            )
 
     def target_regex(self) -> str:
         """The PEFT `target_modules` regex: these projections, language-model layers only."""
@@ -49,8 +50,14 @@ class LoraSpec:
         """The `peft.LoraConfig` for a causal LM."""
         from peft import LoraConfig
 
-        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
-                          target_modules=self.target_regex(), bias="none", task_type="CAUSAL_LM")
+        return LoraConfig(
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=self.target_regex(),
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
 
 
 def apply_lora(model, spec: LoraSpec):

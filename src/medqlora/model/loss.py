@@ -26,16 +26,22 @@ class LossOutput:
     targets: torch.Tensor
 
 
-def _chunk_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                softcap: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _chunk_loss(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     logits = (hidden @ weight.t()).float()
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
     return F.cross_entropy(logits, targets, reduction="sum"), logits.argmax(-1)
 
 
-def chunked_lm_loss(hidden: torch.Tensor, lm_head_weight: torch.Tensor, labels: torch.Tensor,
-                    softcap: float | None, chunk_size: int = 256) -> LossOutput:
+def chunked_lm_loss(
+    hidden: torch.Tensor,
+    lm_head_weight: torch.Tensor,
+    labels: torch.Tensor,
+    softcap: float | None,
+    chunk_size: int = 256,
+) -> LossOutput:
     """Next-token cross-entropy over positions whose label is not -100 (shifted as in transformers)."""
     targets = labels[:, 1:].reshape(-1)
     keep = targets != IGNORE_INDEX
@@ -45,8 +51,7 @@ def chunked_lm_loss(hidden: torch.Tensor, lm_head_weight: torch.Tensor, labels: 
     preds = []
     for start in range(0, targets.numel(), chunk_size):
         part = slice(start, start + chunk_size)
-        loss, pred = checkpoint(_chunk_loss, hidden[part], lm_head_weight, targets[part], softcap,
-                                use_reentrant=False)
+        loss, pred = checkpoint(_chunk_loss, hidden[part], lm_head_weight, targets[part], softcap, use_reentrant=False)
         total = total + loss
         preds.append(pred)
     n = max(targets.numel(), 1)

@@ -53,8 +53,10 @@ class LeanSpec:
         if self.loss_chunk_size < 1:
             raise ValueError(f"model.lean.loss_chunk_size={self.loss_chunk_size} must be >= 1 (default 256)")
         if self.attention not in ("sdpa", "eager"):
-            raise ValueError(f"model.lean.attention={self.attention!r}: use sdpa (default) or eager (flex_attention "
-                             "does not compile for E2B's head_dim 512 on an H100: docs/benchmarks.md)")
+            raise ValueError(
+                f"model.lean.attention={self.attention!r}: use sdpa (default) or eager (flex_attention "
+                "does not compile for E2B's head_dim 512 on an H100: docs/benchmarks.md)"
+            )
 
 
 def drop_right_padding_mask(batch: dict) -> dict:
@@ -88,10 +90,19 @@ class QLoRAModule(L.LightningModule):
             depend on how much randomness data preparation happened to draw (e.g. cache hit or miss).
     """
 
-    def __init__(self, name_or_path: str = "tiny", quantization: QuantSpec | None = None,
-                 lora: LoraSpec | None = None, optimizer: Optimizer = "adamw_8bit", lr: float = 2e-4,
-                 weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999),
-                 gradient_checkpointing: bool = True, lean: LeanSpec | None = None, seed: int = 0):
+    def __init__(
+        self,
+        name_or_path: str = "tiny",
+        quantization: QuantSpec | None = None,
+        lora: LoraSpec | None = None,
+        optimizer: Optimizer = "adamw_8bit",
+        lr: float = 2e-4,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        gradient_checkpointing: bool = True,
+        lean: LeanSpec | None = None,
+        seed: int = 0,
+    ):
         super().__init__()
         if lr <= 0:
             raise ValueError(f"model.lr={lr} must be > 0 (recipe: 2e-4)")
@@ -107,8 +118,11 @@ class QLoRAModule(L.LightningModule):
         self.model = None
         self.strict_loading = False  # checkpoints hold the adapter only
         for split in ("train", "val", "test"):
-            setattr(self, f"{split}_acc", MulticlassAccuracy(num_classes=text.vocab_size, average="micro",
-                                                                 validate_args=False))
+            setattr(
+                self,
+                f"{split}_acc",
+                MulticlassAccuracy(num_classes=text.vocab_size, average="micro", validate_args=False),
+            )
             setattr(self, f"{split}_loss", MeanMetric())
 
     # -- model --------------------------------------------------------------------------------------
@@ -116,14 +130,26 @@ class QLoRAModule(L.LightningModule):
         """Load the 4-bit base on the strategy's device and add the adapter (once)."""
         if self.model is not None:
             return
-        if self._trainer is not None and is_fsdp(self.trainer.strategy) and self.quant.load_in_4bit and \
-                self.quant.quant_storage != self.quant.compute_dtype:
-            raise ValueError(f"model.quantization.quant_storage={self.quant.quant_storage!r} cannot be sharded by "
-                             f"FSDP; set it to the compute dtype ({self.quant.compute_dtype!r}), as "
-                             "configs/fsdp.yaml does")
+        if (
+            self._trainer is not None
+            and is_fsdp(self.trainer.strategy)
+            and self.quant.load_in_4bit
+            and self.quant.quant_storage != self.quant.compute_dtype
+        ):
+            raise ValueError(
+                f"model.quantization.quant_storage={self.quant.quant_storage!r} cannot be sharded by "
+                f"FSDP; set it to the compute dtype ({self.quant.compute_dtype!r}), as "
+                "configs/fsdp.yaml does"
+            )
         device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
-        base = load_base_model(self.name_or_path, self.quant, device, text_only=self.lean.text_only,
-                               ple_on_host=self.lean.ple_on_host, attention=self.lean.attention)
+        base = load_base_model(
+            self.name_or_path,
+            self.quant,
+            device,
+            text_only=self.lean.text_only,
+            ple_on_host=self.lean.ple_on_host,
+            attention=self.lean.attention,
+        )
         base.config.use_cache = False
         gc_kwargs = {"use_reentrant": False}
         if self.lean.upcast_frozen:
@@ -166,8 +192,9 @@ class QLoRAModule(L.LightningModule):
         if self.lean.chunked_loss:
             causal_lm = self.model.base_model.model
             hidden = causal_lm.model(**inputs, use_cache=False).last_hidden_state
-            return chunked_lm_loss(hidden, causal_lm.lm_head.weight, batch["labels"], self.softcap,
-                                   self.lean.loss_chunk_size)
+            return chunked_lm_loss(
+                hidden, causal_lm.lm_head.weight, batch["labels"], self.softcap, self.lean.loss_chunk_size
+            )
         return full_logits_loss(self.model(**inputs, use_cache=False).logits, batch["labels"])
 
     # -- steps --------------------------------------------------------------------------------------
@@ -206,8 +233,7 @@ class QLoRAModule(L.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """AdamW over the adapter's weights; the lr schedule is the CosineWarmup callback's job."""
         params = [p for p in self.parameters() if p.requires_grad]
-        kwargs = {"lr": self.hparams.lr, "betas": tuple(self.hparams.betas),
-                  "weight_decay": self.hparams.weight_decay}
+        kwargs = {"lr": self.hparams.lr, "betas": tuple(self.hparams.betas), "weight_decay": self.hparams.weight_decay}
         if self.optimizer_name == "adamw":
             return torch.optim.AdamW(params, **kwargs)
         import bitsandbytes as bnb
@@ -239,8 +265,11 @@ class QLoRAModule(L.LightningModule):
         generators (so dropout after a resume draws what it would have drawn) and the run directory's version."""
         names = self.trainable_names()  # the strategy already gathered the state dict (full under FSDP)
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in names}
-        checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "python": random.getstate(),
-                                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+        checkpoint["rng_states"] = {
+            "torch": torch.get_rng_state(),
+            "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
         # the run directory a resume continues (medqlora.cli names it from this)
         checkpoint["run_version"] = str(self.logger.version) if self.logger is not None else None
 

@@ -15,8 +15,12 @@ FACTS = [
     ("acute uncomplicated cystitis", "dysuria and urinary frequency", "nitrofurantoin", "urinalysis"),
     ("community-acquired pneumonia", "fever, cough and a lobar infiltrate", "amoxicillin", "chest radiograph"),
     ("anaphylaxis", "hypotension and wheeze after a bee sting", "intramuscular epinephrine", "clinical diagnosis"),
-    ("diabetic ketoacidosis", "polyuria, vomiting and Kussmaul breathing", "intravenous fluids and insulin",
-     "serum ketones"),
+    (
+        "diabetic ketoacidosis",
+        "polyuria, vomiting and Kussmaul breathing",
+        "intravenous fluids and insulin",
+        "serum ketones",
+    ),
     ("hypothyroidism", "fatigue, weight gain and cold intolerance", "levothyroxine", "serum TSH"),
     ("Graves disease", "weight loss, tremor and exophthalmos", "methimazole", "TSH receptor antibodies"),
     ("gout", "a hot swollen first toe joint", "colchicine", "joint aspiration"),
@@ -26,15 +30,26 @@ FACTS = [
     ("acne vulgaris", "comedones and papules on the face", "topical retinoid", "clinical examination"),
     ("psoriasis", "silvery scaly plaques on the elbows", "topical corticosteroid", "clinical examination"),
     ("scabies", "itchy burrows between the fingers", "permethrin cream", "skin scraping"),
-    ("streptococcal pharyngitis", "sore throat, fever and tonsillar exudate", "penicillin V",
-     "rapid antigen test"),
-    ("pulmonary embolism", "sudden dyspnea and pleuritic chest pain", "anticoagulation with heparin",
-     "CT pulmonary angiography"),
+    ("streptococcal pharyngitis", "sore throat, fever and tonsillar exudate", "penicillin V", "rapid antigen test"),
+    (
+        "pulmonary embolism",
+        "sudden dyspnea and pleuritic chest pain",
+        "anticoagulation with heparin",
+        "CT pulmonary angiography",
+    ),
     ("major depressive disorder", "low mood and anhedonia for three weeks", "an SSRI", "clinical interview"),
-    ("preeclampsia", "hypertension and proteinuria at 34 weeks", "magnesium sulfate and delivery planning",
-     "urine protein"),
-    ("Kawasaki disease", "five days of fever and a strawberry tongue in a child", "intravenous immunoglobulin",
-     "echocardiography"),
+    (
+        "preeclampsia",
+        "hypertension and proteinuria at 34 weeks",
+        "magnesium sulfate and delivery planning",
+        "urine protein",
+    ),
+    (
+        "Kawasaki disease",
+        "five days of fever and a strawberry tongue in a child",
+        "intravenous immunoglobulin",
+        "echocardiography",
+    ),
     ("appendicitis", "periumbilical pain moving to the right lower quadrant", "appendectomy", "CT abdomen"),
     ("asthma exacerbation", "wheeze and shortness of breath", "inhaled salbutamol", "peak flow"),
 ]
@@ -52,13 +67,17 @@ def medqa_rows(rng: random.Random) -> list[dict]:
             rng.shuffle(options)
             letters = dict(zip("ABCDE", options))
             answer = next(k for k, v in letters.items() if v == treatment)
-            question = (f"Q:A {age} presents with {presentation}. The diagnosis is {condition}. "
-                        "What is the most appropriate first-line treatment?")
-            rows.append({
-                "instruction": "Please answer with one of the option in the bracket",
-                "input": f"{question} \n{letters!r},",
-                "output": f"{answer}: {treatment}",
-            })
+            question = (
+                f"Q:A {age} presents with {presentation}. The diagnosis is {condition}. "
+                "What is the most appropriate first-line treatment?"
+            )
+            rows.append(
+                {
+                    "instruction": "Please answer with one of the option in the bracket",
+                    "input": f"{question} \n{letters!r},",
+                    "output": f"{answer}: {treatment}",
+                }
+            )
     return rows
 
 
@@ -67,12 +86,16 @@ def o1_rows(rng: random.Random) -> list[dict]:
     rows = []
     for condition, presentation, treatment, test in FACTS:
         age = rng.choice(AGES)
-        rows.append({
-            "Question": f"A {age} has {presentation}. What is the likely diagnosis and how is it treated?",
-            "Complex_CoT": (f"The picture of {presentation} points to {condition}. It is confirmed by {test}. "
-                            f"The usual first-line treatment is {treatment}."),
-            "Response": f"This is most likely {condition}; confirm it with {test} and treat with {treatment}.",
-        })
+        rows.append(
+            {
+                "Question": f"A {age} has {presentation}. What is the likely diagnosis and how is it treated?",
+                "Complex_CoT": (
+                    f"The picture of {presentation} points to {condition}. It is confirmed by {test}. "
+                    f"The usual first-line treatment is {treatment}."
+                ),
+                "Response": f"This is most likely {condition}; confirm it with {test} and treat with {treatment}.",
+            }
+        )
     return rows
 
 
@@ -80,16 +103,20 @@ def alpacare_rows(rng: random.Random) -> list[dict]:
     """Rows shaped like AlpaCare-MedInstruct-52k: about a third carry the `<noinput>` placeholder."""
     rows = []
     for condition, presentation, treatment, test in FACTS:
-        rows.append({
-            "instruction": f"Name the first-line treatment for {condition}.",
-            "input": "<noinput>",
-            "output": f"The first-line treatment for {condition} is {treatment}.",
-        })
-        rows.append({
-            "instruction": "Suggest the test that confirms the diagnosis in this patient.",
-            "input": f"A patient with suspected {condition} presents with {presentation}.",
-            "output": f"Order {test} to confirm {condition}.",
-        })
+        rows.append(
+            {
+                "instruction": f"Name the first-line treatment for {condition}.",
+                "input": "<noinput>",
+                "output": f"The first-line treatment for {condition} is {treatment}.",
+            }
+        )
+        rows.append(
+            {
+                "instruction": "Suggest the test that confirms the diagnosis in this patient.",
+                "input": f"A patient with suspected {condition} presents with {presentation}.",
+                "output": f"Order {test} to confirm {condition}.",
+            }
+        )
     rng.shuffle(rows)
     return rows
 
