@@ -247,7 +247,7 @@ def run_medqlora(
         precision="bf16-mixed",
         max_epochs=1,
         use_distributed_sampler=False,
-        limit_train_batches=WARMUP_BATCHES + TIMED_BATCHES,
+        limit_train_batches=WARMUP_BATCHES + TIMED_BATCHES * args.same_rows_as,
         limit_val_batches=0,
         logger=False,
         enable_checkpointing=False,
@@ -260,6 +260,7 @@ def run_medqlora(
         **{
             **settings["lean"],
             "ple_on_host": not args.ple_on_gpu,
+            "ple_shared": not args.ple_private,
             "loss_chunk_size": args.loss_chunk,
             "attention": args.attention,
         }
@@ -277,6 +278,13 @@ def run_medqlora(
     return clock, memory.summary, trainer.world_size if trainer.is_global_zero else -1
 
 
+def host_memory() -> dict:
+    """This process's host memory (GiB): resident, and proportional (pages shared with other processes, such as a
+    PLE table mapped by every rank, counted once in total across them)."""
+    fields = dict(line.split()[:2] for line in open("/proc/self/smaps_rollup") if line.split()[0] in ("Rss:", "Pss:"))
+    return {"host_rss_gib": int(fields["Rss:"]) / 2**20, "host_pss_gib": int(fields["Pss:"]) / 2**20}
+
+
 def summarise(system: str, kind: str, clock: Clock, device: torch.device) -> dict:
     """One case's figures (throughput, padding, epoch time, peak memory), from the timed steps (after warm-up)."""
     timed = clock.steps[WARMUP_BATCHES:]
@@ -291,6 +299,7 @@ def summarise(system: str, kind: str, clock: Clock, device: torch.device) -> dic
         "supervised_tokens_per_s": total["supervised"] / seconds,
         "rows_per_s": total["rows"] / seconds,
         "padding_share": 1 - total["tokens"] / total["slots"],
+        "supervised_share": total["supervised"] / total["tokens"],
         "epoch_minutes": EPOCH_ROWS / (total["rows"] / seconds) / 60,
     }
     if device.type == "cuda":
@@ -312,7 +321,7 @@ def case(args: argparse.Namespace) -> None:
         * (WARMUP_BATCHES + TIMED_BATCHES)
         * (8 if args.rows == "real-lengths" else 1)
         * scale
-        * args.devices
+        * max(args.devices, args.same_rows_as)
     )
     rows = synthetic_rows(args.rows, n_rows, vocab, seed=0)
     if args.rows == "full-2x2048" and args.model == "tiny":
@@ -330,10 +339,17 @@ def case(args: argparse.Namespace) -> None:
             "micro_batch": args.micro_batch,
             "pack_tokens": args.pack_tokens if args.layout == "packed" else None,
             "ple_on_host": not args.ple_on_gpu,
+            "ple_shared": not args.ple_private,
+            "same_rows_as": args.same_rows_as,
             "loss_chunk": args.loss_chunk,
             "attention": args.attention,
         }
-        result = {**summarise(args.system, args.rows, clock, device), **variant, "memory_split": memory}
+        result = {
+            **summarise(args.system, args.rows, clock, device),
+            **variant,
+            "memory_split": memory,
+            **host_memory(),
+        }
         if "peak_gib" in memory and device.type == "cuda":
             # PeakMemory resets the CUDA peak every interval: its running maximum is the training peak
             result["peak_alloc_gib"] = memory["peak_gib"]
@@ -376,11 +392,13 @@ def merge(args: argparse.Namespace) -> None:
                 if s.get("strategy") == "single"
                 and s["rows"] == c["rows"]
                 and s.get("micro_batch") == c.get("micro_batch")
+                and s.get("same_rows_as", 1) in (c.get("devices"), 1)
             ),
             None,
         )
-        if single and c.get("strategy"):
-            c["speedup_vs_1"] = c["tokens_per_s"] / single["tokens_per_s"]
+        if single and c.get("strategy"):  # on what a user waits for: supervised tokens, shares compared
+            c["speedup_vs_1"] = c["supervised_tokens_per_s"] / single["supervised_tokens_per_s"]
+            c["supervised_share_gap"] = c["supervised_share"] / single["supervised_share"] - 1
     out = {"gpu": gpu, "versions": versions, "command": args.command, "cases": cases}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
@@ -403,6 +421,8 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--micro-batch", type=int, default=MICRO_BATCH, help="medqlora only: (packed) rows per step")
     c.add_argument("--loss-chunk", type=int, default=256, help="medqlora only: positions per loss chunk")
     c.add_argument("--ple-on-gpu", action="store_true", help="medqlora only: PLE table on the GPU")
+    c.add_argument("--ple-private", action="store_true", help="medqlora only: one PLE host copy per rank")
+    c.add_argument("--same-rows-as", type=int, default=1, help="one GPU only: train the batches N ranks share out")
     c.add_argument("--profile", action="store_true", help="medqlora only: print a profiler table")
     c.add_argument("--memory-report", default=None, help="medqlora only: JSON of who holds the peak")
     c.add_argument("--attention", default="sdpa", help="medqlora only: sdpa or eager")

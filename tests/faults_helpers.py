@@ -1,7 +1,8 @@
-"""Callbacks the fault tests wire into a real `medqlora fit` subprocess from YAML."""
+"""Callbacks the fault and distributed tests wire into a real `medqlora fit` subprocess from YAML."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 
@@ -42,3 +43,20 @@ class SignalAtBatch(L.Callback):
         if self.seen == self.batch and self.rank in (None, trainer.global_rank):
             os.kill(os.getpid(), self.signum)
         self.seen += 1
+
+
+class PleReport(L.Callback):
+    """Writes `<path>-<rank>.json` at train start: which medqlora PLE files this process maps (/proc/self/maps) and
+    a checksum of the host table's first 64 rows as this rank reads them."""
+
+    def __init__(self, path: str = "ple"):
+        self.path = path
+
+    def on_train_start(self, trainer, pl_module):
+        import torch
+
+        mapped = {" ".join(line.split()[5:]) for line in open("/proc/self/maps") if "medqlora-ple-" in line}
+        rows = pl_module.host_embedding.gather(torch.arange(64).view(1, -1))
+        report = {"rank": trainer.global_rank, "mapped": sorted(mapped), "rows_sum": float(rows.double().sum())}
+        with open(f"{self.path}-{trainer.global_rank}.json", "w") as f:
+            json.dump(report, f)

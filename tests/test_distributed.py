@@ -36,7 +36,13 @@ def _overlay(path: Path, accumulate: int) -> Path:
 
 
 def _fit(
-    workdir: Path, devices: int, accumulate: int, steps: int = STEPS, *extra: str, expect_code: int = 0
+    workdir: Path,
+    devices: int,
+    accumulate: int,
+    steps: int = STEPS,
+    *extra: str,
+    expect_code: int = 0,
+    env: dict[str, str] | None = None,
 ) -> dict[str, torch.Tensor]:
     workdir.mkdir(exist_ok=True)
     checkpointing = ["--trainer.enable_checkpointing", "false"] if not extra else []
@@ -66,7 +72,11 @@ def _fit(
     ]
     if devices > 1:
         cmd += ["--trainer.strategy", "ddp"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        **(env or {}),
+        "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]),
+    }
     done = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == expect_code, done.stderr[-3000:]
     adapters = sorted((workdir / "runs" / "tiny").glob("*/adapter/adapter_model.safetensors"))
@@ -111,3 +121,24 @@ def test_two_rank_ddp_interrupted_on_one_rank_resumes_to_the_uninterrupted_adapt
     resumed = _fit(tmp_path / "parts", 2, 1, 4, *interrupt, "--ckpt_path", str(checkpoint))
     for name in whole:
         torch.testing.assert_close(resumed[name], whole[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_local_ranks_map_one_host_copy_of_the_ple_table(tmp_path):
+    """2 CPU processes (gloo): both map the same single file, read the same rows, train the same adapter as with a
+    private copy each, and leave no file behind."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    report = ["--trainer.callbacks+=faults_helpers.PleReport", "--trainer.callbacks.path=ple"]
+    shared = _fit(tmp_path / "shared", 2, 1, STEPS, *report, env={"TMPDIR": str(temp)})
+    private = _fit(tmp_path / "private", 2, 1, STEPS, *report, "--model.lean.ple_shared", "false")
+    seen = {
+        kind: [json.loads((tmp_path / kind / f"ple-{rank}.json").read_text()) for rank in (0, 1)]
+        for kind in ("shared", "private")
+    }
+    files = {name for r in seen["shared"] for name in r["mapped"]}
+    assert len(files) == 1 and all(len(r["mapped"]) == 1 for r in seen["shared"]), seen["shared"]
+    assert next(iter(files)).startswith(f"{temp}/medqlora-ple-") and next(iter(files)).endswith("(deleted)")
+    assert all(r["mapped"] == [] for r in seen["private"])
+    assert len({r["rows_sum"] for kind in seen.values() for r in kind}) == 1, "every rank reads the same rows"
+    assert all(torch.equal(shared[k], private[k]) for k in private), "the same training as with private copies"
+    assert not list(temp.glob("medqlora-ple-*")), "the file is removed once every rank has mapped it"

@@ -5,12 +5,21 @@ only the rows of its own tokens. `HostEmbedding` keeps the table on the CPU and 
 Lightning module gathers them for a batch before the batch is moved to the GPU (`prefetch`), so the
 copy rides along with the batch; any other call (generation, a user's forward) gathers synchronously.
 Hand-written because neither transformers nor accelerate offers a frozen gather-only host embedding.
+
+Several processes on one machine (DDP, FSDP) share one copy: `share_across_local_ranks` maps a single file into
+each of them, so host memory for the table does not grow with the number of GPUs.
 """
 
 from __future__ import annotations
 
+import tempfile
+import uuid
+from pathlib import Path
+
 import torch
 from torch import nn
+
+from medqlora.io import atomic_path
 
 
 class HostEmbedding(nn.Module):
@@ -55,6 +64,17 @@ class HostEmbedding(nn.Module):
         """Hand over rows gathered (and moved) ahead of the very next forward, which must be for these ids."""
         self._prefetched = (input_ids, rows)
 
+    def write_table(self, path: Path) -> None:
+        """Write the table's bytes to `path` (atomically), for `map_table`."""
+        with atomic_path(path) as tmp:
+            self.table.contiguous().view(torch.uint8).numpy().tofile(tmp)
+
+    def map_table(self, path: Path) -> None:
+        """Serve the table from `path` instead of this process's own copy: a private read-only mapping, whose pages
+        the page cache shares with every other process that maps the same file."""
+        shape, dtype = self.table.shape, self.table.dtype
+        self.table = torch.from_file(str(path), shared=False, size=self.table.numel(), dtype=dtype).view(shape)
+
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Scaled embedding rows on the ids' device, as `Gemma4TextScaledWordEmbedding` returns them."""
         ready, self._prefetched = self._prefetched, None
@@ -70,3 +90,19 @@ def move_ple_to_host(model: nn.Module, dtype: torch.dtype) -> HostEmbedding:
     text_model = model.model.language_model
     text_model.embed_tokens_per_layer = HostEmbedding(text_model.embed_tokens_per_layer, dtype)
     return text_model.embed_tokens_per_layer
+
+
+def share_across_local_ranks(embedding: HostEmbedding, strategy, local_rank: int) -> Path:
+    """One host copy of the table per machine: local rank 0 writes it to a file in the temp directory, every rank
+    maps that file, and the file is unlinked once all have (the mappings stay valid; nothing is left behind).
+
+    Collective: call on every rank. Returns the file's (now removed) path."""
+    path = Path(tempfile.gettempdir()) / f"medqlora-ple-{strategy.broadcast(uuid.uuid4().hex)}.bin"
+    if local_rank == 0:
+        embedding.write_table(path)
+    strategy.barrier()
+    embedding.map_table(path)
+    strategy.barrier()
+    if local_rank == 0:
+        path.unlink(missing_ok=True)  # a temp directory shared between machines: another node's rank 0 was first
+    return path

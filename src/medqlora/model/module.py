@@ -19,7 +19,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from medqlora.hub import load_config
 from medqlora.model.distributed import clean_name, is_fsdp
-from medqlora.model.host_embedding import HostEmbedding
+from medqlora.model.host_embedding import HostEmbedding, share_across_local_ranks
 from medqlora.model.loading import QuantSpec, load_base_model
 from medqlora.model.lora import LoraSpec, apply_lora, trainable_summary
 from medqlora.model.loss import LossOutput, chunked_lm_loss, full_logits_loss
@@ -35,6 +35,8 @@ class LeanSpec:
         chunked_loss: project only label positions to the vocabulary, in chunks recomputed in backward.
         loss_chunk_size: positions per loss chunk (its fp32 [chunk x vocab] logits set the loss's peak).
         ple_on_host: keep the per-layer embedding table in host memory (4.4 GiB on E2B).
+        ple_shared: with several processes on a machine, map one host copy of that table into all of them
+            instead of one copy each.
         text_only: do not load the vision and audio towers (text training never runs them).
         upcast_frozen: run `peft.prepare_model_for_kbit_training`, which upcasts every frozen non-4-bit
             weight to fp32 (~11 GB on E2B). Off by default; on reproduces the plain recipe.
@@ -45,6 +47,7 @@ class LeanSpec:
     chunked_loss: bool = True
     loss_chunk_size: int = 256
     ple_on_host: bool = True
+    ple_shared: bool = True
     text_only: bool = True
     upcast_frozen: bool = False
     attention: Literal["sdpa", "eager"] = "sdpa"
@@ -161,6 +164,14 @@ class QLoRAModule(L.LightningModule):
             enable = getattr(base, "activation_checkpointing_enable", None) or base.gradient_checkpointing_enable
             enable(gc_kwargs)
             base.enable_input_require_grads()
+        host = base.model.language_model.embed_tokens_per_layer
+        if (
+            isinstance(host, HostEmbedding)
+            and self.lean.ple_shared
+            and self._trainer is not None
+            and self.trainer.world_size > 1
+        ):
+            share_across_local_ranks(host, self.trainer.strategy, self.trainer.local_rank)
         torch.manual_seed(self.hparams.seed)
         with torch.device("cpu"):  # one init per seed on any device and strategy (CUDA draws another stream)
             self.model = apply_lora(base, self.lora)  # PEFT moves each adapter to its base layer's device
