@@ -233,13 +233,14 @@ def run_medqlora(
         from where_memory import MemoryTrace
 
         extra.append(MemoryTrace())
-    quant = QuantSpec(**RECIPE["model"]["quantization"])
-    strategy = "auto" if args.strategy == "single" else args.strategy
-    if args.strategy == "fsdp":
-        from medqlora.model.distributed import QLoRAFSDPStrategy
-
-        quant = QuantSpec(**{**RECIPE["model"]["quantization"], "quant_storage": "bfloat16"})
-        strategy = QLoRAFSDPStrategy()
+    strategy, overlay = "auto", {}
+    if args.strategy != "single":  # the strategy and model settings of configs/ddp.yaml or configs/fsdp.yaml
+        overlay = yaml.safe_load((RECIPE_FILE.parent / f"{args.strategy}.yaml").read_text())
+        strategy = overlay["trainer"]["strategy"]
+        if isinstance(strategy, dict):
+            module_name, _, class_name = strategy["class_path"].rpartition(".")
+            strategy = getattr(__import__(module_name, fromlist=[class_name]), class_name)(**strategy["init_args"])
+    quant = QuantSpec(**{**RECIPE["model"]["quantization"], **overlay.get("model", {}).get("quantization", {})})
     trainer = L.Trainer(
         accelerator=device.type,
         devices=args.devices,

@@ -1,9 +1,12 @@
-"""FSDP-QLoRA checkpoint and resume on 2 GPUs, with the tiny model (needs no datasets; one device call).
+"""Exact resume on N GPUs (FSDP-QLoRA, and DDP stopped by a signal on one rank), with the tiny model (needs no
+datasets; one device call).
 
-    torchrun --nproc_per_node 2 benchmarks/check_fsdp_resume.py OUT.json [OPTIMIZER [no-ckpt]]
+    torchrun --nproc_per_node N benchmarks/check_fsdp_resume.py OUT.json [OPTIMIZER [no-ckpt]]
 
-A run stopped after 2 of 4 optimizer steps and resumed from its checkpoint on the same 2 GPUs must end with
-the adapter of a run that went straight to 4 (constant lr, so the shorter run is a prefix of the longer). GPU
+An FSDP run stopped after 2 of 4 optimizer steps and resumed from its checkpoint on the same N GPUs must end with
+the adapter of a run that went straight to 4 (constant lr, so the shorter run is a prefix of the longer); so must
+a DDP run that gets SIGTERM on its last rank after 2 steps, saves `interrupted.ckpt` (CheckpointOnInterrupt, every
+rank agreeing) and is resumed from it. GPU
 kernels are not bitwise reproducible and Adam turns any tiny gradient difference into a +-lr step, so the report
 also gives the floor: a second uninterrupted FSDP run, and the same 4 steps under DDP (deterministic algorithms
 are on where torch has them). OPTIMIZER: adamw_8bit (default, the recipe's) or adamw; no-ckpt turns the model's
@@ -13,6 +16,7 @@ gradient checkpointing off.
 import json
 import os
 import random
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -21,6 +25,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from medqlora.callbacks.interrupt import CheckpointOnInterrupt
 from medqlora.data.collate import LengthGroupedBatchSampler, ResumableDataLoader, pad_collate
 from medqlora.model.distributed import QLoRAFSDPStrategy
 from medqlora.model.loading import QuantSpec
@@ -55,7 +60,20 @@ class Rows(L.LightningDataModule):
         )
 
 
-def fit(max_steps: int, workdir: str, ckpt_path: str | None = None, ddp: bool = False) -> dict:
+class SignalLastRank(L.Callback):
+    """SIGTERM to the last rank's own process after its micro-batch `batch` (an operator's kill on one node)."""
+
+    def __init__(self, batch: int):
+        self.batch = batch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if batch_idx == self.batch and trainer.global_rank == trainer.world_size - 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def fit(
+    max_steps: int, workdir: str, ckpt_path: str | None = None, ddp: bool = False, signal_after: int | None = None
+) -> dict:
     torch.manual_seed(0)
     module = QLoRAModule(
         "tiny",
@@ -68,7 +86,7 @@ def fit(max_steps: int, workdir: str, ckpt_path: str | None = None, ddp: bool = 
     on_cpu = os.environ.get("DIAG_ACCELERATOR") == "cpu"  # a gloo DDP smoke test of the script itself
     trainer = L.Trainer(
         accelerator="cpu" if on_cpu else "gpu",
-        devices=2,
+        devices=int(os.environ.get("WORLD_SIZE", 2)),
         strategy="ddp" if on_cpu or ddp else QLoRAFSDPStrategy(),
         precision="bf16-mixed",
         deterministic="warn",
@@ -76,7 +94,12 @@ def fit(max_steps: int, workdir: str, ckpt_path: str | None = None, ddp: bool = 
         logger=False,
         enable_progress_bar=False,
         use_distributed_sampler=False,
-        callbacks=[ModelCheckpoint(dirpath=workdir, save_last=True, every_n_train_steps=1), keep := Keep()],
+        callbacks=[
+            ModelCheckpoint(dirpath=workdir, save_last=True, every_n_train_steps=1),
+            CheckpointOnInterrupt(dirpath=workdir),
+            keep := Keep(),
+            *([SignalLastRank(signal_after)] if signal_after is not None else []),
+        ],
         default_root_dir=workdir,
     )
     trainer.fit(module, datamodule=Rows(), ckpt_path=ckpt_path, weights_only=False)
@@ -94,19 +117,27 @@ def main() -> None:
     ddp = fit(4, str(root / "ddp"), ddp=True)
     fit(2, str(root / "parts"))
     resumed = fit(4, str(root / "parts"), ckpt_path=str(root / "parts" / "last.ckpt"))
+    fit(4, str(root / "ddp-signal"), ddp=True, signal_after=1)  # saved at the next step boundary
+    ddp_resumed = fit(4, str(root / "ddp-signal"), ckpt_path=str(root / "ddp-signal" / "interrupted.ckpt"), ddp=True)
     if torch.distributed.get_rank() == 0:
         saved = torch.load(root / "parts" / "last.ckpt", weights_only=False)
 
-        def diff(other: dict) -> dict:  # B starts at zero, so |B| is how far training moved it
-            delta = torch.cat([(whole[k] - other[k]).flatten() for k in whole])
-            b_delta = torch.cat([(whole[k] - other[k]).flatten() for k in whole if "lora_B" in k])
-            b_moved = torch.cat([whole[k].flatten() for k in whole if "lora_B" in k])
+        def diff_from(reference: dict, other: dict) -> dict:  # B starts at zero, so |B| is how far training moved it
+            delta = torch.cat([(reference[k] - other[k]).flatten() for k in reference])
+            b_delta = torch.cat([(reference[k] - other[k]).flatten() for k in reference if "lora_B" in k])
+            b_moved = torch.cat([reference[k].flatten() for k in reference if "lora_B" in k])
             return {"max_abs": delta.abs().max().item(), "lora_B_rel_norm": (b_delta.norm() / b_moved.norm()).item()}
+
+        def diff(other: dict) -> dict:
+            return diff_from(whole, other)
 
         report = {
             "tensors": len(whole),
             "same_names": whole.keys() == resumed.keys() == ddp.keys(),
+            "ranks": torch.distributed.get_world_size(),
             "resumed_vs_whole": diff(resumed),
+            "ddp_signalled_resumed_vs_ddp_whole": diff_from(ddp, ddp_resumed),
+            "ddp_signal_step": torch.load(root / "ddp-signal" / "interrupted.ckpt", weights_only=False)["global_step"],
             "fsdp_rerun_vs_whole": diff(again),
             "ddp_vs_whole": diff(ddp),
             "largest_lora_B": max(whole[k].abs().max().item() for k in whole if "lora_B" in k),
