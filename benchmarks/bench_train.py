@@ -248,7 +248,8 @@ def run_medqlora(
         precision="bf16-mixed",
         max_epochs=1,
         use_distributed_sampler=False,
-        limit_train_batches=WARMUP_BATCHES + TIMED_BATCHES * args.same_rows_as,
+        # with --same-rows-as N: the batches N ranks share out, warm-up included (N x 3 of them)
+        limit_train_batches=(WARMUP_BATCHES + TIMED_BATCHES) * args.same_rows_as,
         limit_val_batches=0,
         logger=False,
         enable_checkpointing=False,
@@ -286,9 +287,9 @@ def host_memory() -> dict:
     return {"host_rss_gib": int(fields["Rss:"]) / 2**20, "host_pss_gib": int(fields["Pss:"]) / 2**20}
 
 
-def summarise(system: str, kind: str, clock: Clock, device: torch.device) -> dict:
+def summarise(system: str, kind: str, clock: Clock, device: torch.device, warmup: int = WARMUP_BATCHES) -> dict:
     """One case's figures (throughput, padding, epoch time, peak memory), from the timed steps (after warm-up)."""
-    timed = clock.steps[WARMUP_BATCHES:]
+    timed = clock.steps[warmup:]
     seconds = sum(s for s, _ in timed)
     total = {k: sum(st[k] for _, st in timed) for k in ("tokens", "supervised", "rows", "slots")}
     case = {
@@ -346,7 +347,7 @@ def case(args: argparse.Namespace) -> None:
             "attention": args.attention,
         }
         result = {
-            **summarise(args.system, args.rows, clock, device),
+            **summarise(args.system, args.rows, clock, device, WARMUP_BATCHES * args.same_rows_as),
             **variant,
             "memory_split": memory,
             **host_memory(),

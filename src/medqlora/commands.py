@@ -13,6 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
+from medqlora.data.benchmarks import BENCHMARK_LOCATIONS
 from medqlora.eval.generate import MAX_NEW_TOKENS
 from medqlora.eval.scoring import BATCH_SIZE
 
@@ -52,8 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help=COMMANDS["eval"], description=COMMANDS["eval"])
     ev.add_argument("adapter", type=Path)
     ev.add_argument("--base", help="base model (default: the adapter's own)")
-    ev.add_argument("--medqa", help="hub id or local file (default GBaker/MedQA-USMLE-4-options, test)")
-    ev.add_argument("--pubmedqa", help="hub id or local file (default qiaojin/PubMedQA pqa_labeled)")
+    for kind, where in BENCHMARK_LOCATIONS.items():
+        default = " ".join(v for k, v in where.items() if k != "split") + f", split {where['split']}"
+        ev.add_argument(f"--{kind}", help=f"hub id or local file with the hub dataset's columns (default {default})")
     ev.add_argument("--limit", type=_positive, help="score only the first N rows of each benchmark")
     ev.add_argument(
         "--medqa-prompt",
@@ -149,13 +151,14 @@ def _eval(args: argparse.Namespace) -> None:
     from medqlora.eval.items import DEFAULT_BENCHMARKS
     from medqlora.eval.run import run_eval
     from medqlora.model.card import write_model_card
+    from medqlora.runs import eval_dir
 
     medqa, pubmedqa = DEFAULT_BENCHMARKS
     specs = [
         replace(_source(args.medqa, medqa), limit=args.limit, prompt=args.medqa_prompt),
         replace(_source(args.pubmedqa, pubmedqa), limit=args.limit),
     ]
-    out = args.out or args.adapter.parent / f"eval-{args.adapter.name}"
+    out = args.out or eval_dir(args.adapter)
     results = run_eval(args.adapter, out, specs, not args.no_keypoints, args.batch_size, args.max_new_tokens, args.base)
     for b in results["benchmarks"]:
         low, high = b["delta_ci95_pp"]

@@ -17,7 +17,16 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 from medqlora.io import atomic_write_text
 
-METRICS_FILE = "metrics.csv"
+METRICS_FILE = "metrics.csv"  # CSVLogger's: losses, accuracy, lr, memory per step
+CONFIG_FILE = "config.yaml"  # LightningCLI's: every resolved value
+MEMORY_FILE = "memory.json"  # PeakMemory's: peak memory, its split, wall time
+DATA_CARD = "data_card"  # the data module's: data_card.json and data_card.md
+PROGRESS_FILE = "training_state.json"  # in an adapter directory: optimizer step N of M when it was written
+
+
+def eval_dir(adapter_dir: Path) -> Path:
+    """Where `medqlora eval` writes an adapter's results: `<run dir>/eval-<adapter name>`."""
+    return adapter_dir.parent / f"eval-{adapter_dir.name}"
 
 
 def read_metrics(metrics_csv: Path) -> dict[str, list[tuple[int, float]]]:

@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from medqlora.callbacks.steps import run_dir
 from medqlora.io import atomic_path
-from medqlora.runs import read_metrics
+from medqlora.runs import METRICS_FILE, read_metrics
 
 PANELS = [  # (title, [(metric column, label)])
     ("loss", [("train/loss", "train"), ("val/loss", "validation")]),
@@ -38,7 +38,7 @@ def plot_curves(run_dir: str | Path, out: str | Path | None = None, panels: list
     import matplotlib.pyplot as plt
 
     run_dir = Path(run_dir)
-    metrics = run_dir / "metrics.csv"
+    metrics = run_dir / METRICS_FILE
     if not metrics.is_file():
         raise FileNotFoundError(
             f"{metrics} not found: point at a run directory written by CSVLogger (runs/<name>/<version>/)"
@@ -80,5 +80,5 @@ class TrainingCurves(Callback):
             return
         for logger in trainer.loggers:
             logger.save()
-        if (directory / "metrics.csv").is_file():
+        if (directory / METRICS_FILE).is_file():
             rank_zero_info(f"medqlora: curves written to {plot_curves(directory, panels=self.panels)}")

@@ -19,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from medqlora.callbacks.steps import optimizer_step_done, run_dir
 from medqlora.io import atomic_write_text
+from medqlora.runs import MEMORY_FILE
 
 GIB = 1024**3
 
@@ -136,7 +137,7 @@ class PeakMemory(Callback):
         )
         directory = run_dir(trainer) if trainer.loggers else None  # every rank: a collective
         if trainer.is_global_zero and directory is not None:
-            atomic_write_text(directory / "memory.json", json.dumps(self.summary, indent=2))
+            atomic_write_text(directory / MEMORY_FILE, json.dumps(self.summary, indent=2))
 
     def state_dict(self) -> dict:
         """Wall time so far, so a resumed run's memory.json counts the whole run."""

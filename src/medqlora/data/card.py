@@ -11,6 +11,7 @@ import numpy as np
 from medqlora.data.chat import IGNORE_INDEX
 from medqlora.data.collate import LengthGroupedBatchSampler, PackingBatchSampler
 from medqlora.io import atomic_write_text
+from medqlora.runs import DATA_CARD
 
 RECIPE_TARGET = {"train": 47_189, "val": 2_483}  # the model card's split sizes
 
@@ -113,8 +114,8 @@ class DataCard:
 
     def write(self, directory: Path) -> None:
         """Write data_card.json and data_card.md into `directory` (atomically)."""
-        atomic_write_text(directory / "data_card.json", json.dumps(self.content, indent=2))
-        atomic_write_text(directory / "data_card.md", self.markdown())
+        atomic_write_text(directory / f"{DATA_CARD}.json", json.dumps(self.content, indent=2))
+        atomic_write_text(directory / f"{DATA_CARD}.md", self.markdown())
 
 
 FIXES = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import torch
@@ -25,7 +26,7 @@ from medqlora.data.collate import (
     PackingBatchSampler,
     ResumableDataLoader,
 )
-from medqlora.data.mix import EvalQuestions, SamplePolicy, build_mix
+from medqlora.data.mix import EvalQuestions, SamplePolicy, benchmark_questions, build_mix
 from medqlora.data.sources import Conversation, ReasoningMode, SourceSpec
 from medqlora.hub import load_tokenizer, max_positions
 
@@ -74,7 +75,8 @@ class MedicalMixDataModule(L.LightningDataModule):
         sample_policy: sources with fewer rows than their target: take all, or upsample training rows.
         val_fraction: share of each source held out for validation (stratified by source).
         seed: seed of sampling, splitting and batch order.
-        decontaminate: evaluation sets whose questions are removed from the mix.
+        decontaminate: evaluation sets whose questions are removed from the mix; `benchmarks` for the MedQA and
+            PubMedQA rows `medqlora eval` scores (`data/benchmarks.py`).
         num_workers: DataLoader worker processes.
     """
 
@@ -93,7 +95,7 @@ class MedicalMixDataModule(L.LightningDataModule):
         sample_policy: SamplePolicy = "all",
         val_fraction: float = 0.05,
         seed: int = 42,
-        decontaminate: list[EvalQuestions] | None = None,
+        decontaminate: list[EvalQuestions] | Literal["benchmarks"] | None = None,
         num_workers: int = 0,
     ):
         super().__init__()
@@ -110,6 +112,8 @@ class MedicalMixDataModule(L.LightningDataModule):
         self.packing, self.pack_tokens = packing, pack_tokens or max_length
         self.group_by_length, self.reasoning, self.system_prompt = group_by_length, reasoning, system_prompt
         self.truncation, self.sample_policy, self.val_fraction = truncation, sample_policy, val_fraction
+        if decontaminate == "benchmarks":
+            decontaminate = benchmark_questions()
         self.seed, self.decontaminate, self.num_workers = seed, decontaminate or [], num_workers
         self.tokenizer = None
         self.train_set: Dataset | None = None

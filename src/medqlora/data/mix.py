@@ -14,6 +14,7 @@ from typing import ClassVar, Literal
 
 from datasets import Dataset, concatenate_datasets
 
+from medqlora.data.benchmarks import BENCHMARK_LOCATIONS
 from medqlora.data.location import Location, diagnose_file, load_rows
 from medqlora.data.sources import (
     ReasoningMode,
@@ -41,6 +42,11 @@ class EvalQuestions(Location):
     column: str = "question"
     split: str = "test"
     label: ClassVar[str] = "eval set"
+
+
+def benchmark_questions() -> list[EvalQuestions]:
+    """The questions `medqlora eval` scores (`data.benchmarks`), as decontamination sets (`benchmarks`)."""
+    return [EvalQuestions(name=name, column="question", **where) for name, where in BENCHMARK_LOCATIONS.items()]
 
 
 @dataclass

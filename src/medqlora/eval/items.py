@@ -1,7 +1,7 @@
 """Benchmark rows -> multiple-choice items (prompt, choices, gold), through the training data's loading code.
 
-MedQA 4-option (`GBaker/MedQA-USMLE-4-options`, test split: 1,273 rows; columns question, options {A..D},
-answer_idx) and PubMedQA (`qiaojin/PubMedQA`, `pqa_labeled`, its only split `train`: 1,000 expert-labelled rows;
+MedQA 4-option (test split: 1,273 rows; columns question, options {A..D}, answer_idx) and PubMedQA (the labelled
+subset, its only split `train`: 1,000 expert-labelled rows; hub ids in `data/benchmarks.py`;
 columns pubid, question, context {contexts: [...]}, final_decision yes/no/maybe). All rows are scored unless
 `limit` is set, which takes the first `limit` rows in the file's order. MedQA is asked, by default, exactly as
 the training rows render medalpaca's MedQA (`data.sources.medqa_prompt`, the same `clean_text`), so a base-vs-adapter
@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
+from medqlora.data.benchmarks import BENCHMARK_LOCATIONS
 from medqlora.data.location import Location, load_rows
 from medqlora.data.sources import MEDQA_INSTRUCTION, clean_text, medqa_prompt
 
@@ -50,10 +51,7 @@ class BenchmarkSpec(Location):
         super().__post_init__()
 
 
-DEFAULT_BENCHMARKS = [
-    BenchmarkSpec(name="medqa", kind="medqa", hub_id="GBaker/MedQA-USMLE-4-options", split="test"),
-    BenchmarkSpec(name="pubmedqa", kind="pubmedqa", hub_id="qiaojin/PubMedQA", config="pqa_labeled", split="train"),
-]
+DEFAULT_BENCHMARKS = [BenchmarkSpec(name=kind, kind=kind, **where) for kind, where in BENCHMARK_LOCATIONS.items()]
 
 
 @dataclass(frozen=True)

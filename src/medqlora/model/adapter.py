@@ -14,8 +14,9 @@ import torch
 
 from medqlora.hub import load_tokenizer, resolve_name_or_path
 from medqlora.io import atomic_directory
-from medqlora.model.card import PROGRESS_FILE, render
+from medqlora.model.card import render
 from medqlora.model.loading import QuantSpec, load_base_model
+from medqlora.runs import PROGRESS_FILE
 
 
 def save_adapter(model, base: str, directory: Path, weights: dict | None = None, progress: dict | None = None) -> Path:

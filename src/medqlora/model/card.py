@@ -13,9 +13,7 @@ from pathlib import Path
 import yaml
 
 from medqlora.io import atomic_write_text
-from medqlora.runs import read_metrics
-
-PROGRESS_FILE = "training_state.json"  # in an adapter directory: optimizer step N of M when it was written
+from medqlora.runs import CONFIG_FILE, DATA_CARD, MEMORY_FILE, METRICS_FILE, PROGRESS_FILE, eval_dir, read_metrics
 
 LIMITATIONS = """## Intended use and limitations
 
@@ -74,11 +72,11 @@ def _callback_args(config: dict, name: str) -> dict:
 
 def render(run_dir: Path, adapter_dir: Path) -> str:
     """The card's Markdown."""
-    config = _read(run_dir / "config.yaml", yaml.safe_load) or {}
-    data = _read(run_dir / "data_card.json", json.loads) or {}
-    memory = _read(run_dir / "memory.json", json.loads) or {}
-    results = _read(run_dir / f"eval-{adapter_dir.name}" / "eval.json", json.loads)
-    metrics = _final_metrics(run_dir / "metrics.csv")
+    config = _read(run_dir / CONFIG_FILE, yaml.safe_load) or {}
+    data = _read(run_dir / f"{DATA_CARD}.json", json.loads) or {}
+    memory = _read(run_dir / MEMORY_FILE, json.loads) or {}
+    results = _read(eval_dir(run_dir / adapter_dir.name) / "eval.json", json.loads)
+    metrics = _final_metrics(run_dir / METRICS_FILE)
     adapter_config = _read(adapter_dir / "adapter_config.json", json.loads) or {}
     state = _read(adapter_dir / PROGRESS_FILE, json.loads)
     model, data_cfg, trainer = config.get("model", {}), config.get("data", {}), config.get("trainer", {})
