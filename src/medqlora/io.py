@@ -92,15 +92,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
-        """Save to `.<name>.tmp` beside `path`, fsync, then rename over `path`."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
+        """Save to a temporary sibling of `path`, fsync, then rename over `path` (`atomic_path`)."""
+        with atomic_path(Path(path)) as tmp:
             super().save_checkpoint(checkpoint, tmp, storage_options)
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise

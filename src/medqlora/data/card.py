@@ -93,14 +93,7 @@ class DataCard:
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name, s in c["sources"].items():
-            after = s["removed_after_tokenising"]
-            removed = {
-                **s["removed"],
-                **{
-                    f"{k} (tokens)": after["train"].get(k, 0) + after["val"].get(k, 0)
-                    for k in {**after["train"], **after["val"]}
-                },
-            }
+            removed = {**s["removed"], **{f"{k} (tokens)": v for k, v in tokenising_drops(s).items()}}
             removed_text = ", ".join(f"{k} {v}" for k, v in removed.items()) or "none"
             p = s["token_length_percentiles"]
             lines.append(
@@ -116,6 +109,12 @@ class DataCard:
         """Write data_card.json and data_card.md into `directory` (atomically)."""
         atomic_write_text(directory / f"{DATA_CARD}.json", json.dumps(self.content, indent=2))
         atomic_write_text(directory / f"{DATA_CARD}.md", self.markdown())
+
+
+def tokenising_drops(source: dict) -> dict[str, int]:
+    """A source's rows removed after tokenising, by reason, train and validation together."""
+    after = source["removed_after_tokenising"]
+    return {k: after["train"].get(k, 0) + after["val"].get(k, 0) for k in {**after["train"], **after["val"]}}
 
 
 FIXES = {
@@ -134,9 +133,7 @@ def source_losses(content: dict, required: dict[str, bool]) -> tuple[list[str], 
     left with no training row."""
     warnings, errors = [], []
     for name, s in content["sources"].items():
-        after = s["removed_after_tokenising"]
-        tokenised = {k: after["train"].get(k, 0) + after["val"].get(k, 0) for k in {**after["train"], **after["val"]}}
-        stages = [(s["loaded"], s["removed"]), (s["drawn_train"] + s["drawn_val"], tokenised)]
+        stages = [(s["loaded"], s["removed"]), (s["drawn_train"] + s["drawn_val"], tokenising_drops(s))]
         for entering, reasons in stages:
             for reason, count in reasons.items():
                 if entering and count > entering / 2:

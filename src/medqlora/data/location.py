@@ -68,11 +68,11 @@ def _files(path: Path) -> list[Path]:
 
 def diagnose_file(path: Path) -> str | None:
     """What is wrong with a local file that `datasets` could not read, with the line where known (None: no idea)."""
-    if path.stat().st_size == 0 or not path.read_bytes().strip():
+    raw = path.read_bytes()
+    if not raw.strip():
         return f"{path} is empty; it needs a header or at least one row"
     if path.suffix == ".parquet":
         return None
-    raw = path.read_bytes()
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -109,7 +109,8 @@ def load_rows(where: Location, name: str):
     try:
         if where.path:
             path = Path(where.path)
-            builder = LOCAL_BUILDERS[_files(path)[0].suffix] if _files(path) else "json"
+            files = _files(path)
+            builder = LOCAL_BUILDERS[files[0].suffix] if files else "json"
             return load_dataset(builder, data_files=where.path, split="train")
         return load_dataset(where.hub_id, where.config, split=where.split)
     except Exception as err:  # the library's own errors are long or misleading; say which file and how to fix it
