@@ -401,6 +401,9 @@ def merge(args: argparse.Namespace) -> None:
         if single and c.get("strategy"):  # on what a user waits for: supervised tokens, shares compared
             c["speedup_vs_1"] = c["supervised_tokens_per_s"] / single["supervised_tokens_per_s"]
             c["supervised_share_gap"] = c["supervised_share"] / single["supervised_share"] - 1
+            # Epoch time for the same rows: packed micro-batches all have one shape, so one rank's step does the
+            # work of N of the single GPU's steps; immune to rank 0's rows not being the average rank's.
+            c["speedup_vs_1_epoch"] = c["devices"] * single["step_s_median"] / c["step_s_median"]
     out = {"gpu": gpu, "versions": versions, "command": args.command, "cases": cases}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))

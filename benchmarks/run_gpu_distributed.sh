@@ -4,7 +4,7 @@
 #       micro-batch): one GPU on the batches N ranks share out, DDP on N (one PLE host copy per machine, and one per
 #       rank), FSDP on the largest N
 #   PART=fast DEVICES=4 bash benchmarks/run_gpu_distributed.sh          the speed setting (16 x 2048), exact resume
-#       on N ranks (benchmarks/check_fsdp_resume.py), and the merged result.json of both parts
+#       on N ranks (benchmarks/check_fsdp_resume.py; RESUME=0 skips it), and the merged result.json of both parts
 # Strategies come from configs/ddp.yaml and configs/fsdp.yaml. speedup_vs_1 is on supervised tokens/s against one
 # GPU trained on the same batches (supervised_share_gap: how far the runs' supervised shares still differ);
 # host_rss_gib / host_pss_gib are rank 0's host memory.
@@ -34,8 +34,10 @@ case_() {  # case_ NAME ARGS...
         --label "1 GPU, 16 x 2048, the rows of $n ranks"
       case_ "ddp-$n-mb16" --strategy ddp --devices "$n" --micro-batch 16 --label "DDP, $n GPUs, 16 x 2048"
     done
-    timeout 300 torchrun --nproc_per_node "$n" benchmarks/check_fsdp_resume.py "$OUT/resume.json" 2>&1 | tail -n 3
+    if [ "${RESUME:-1}" = 1 ]; then
+      timeout 300 torchrun --nproc_per_node "$n" benchmarks/check_fsdp_resume.py "$OUT/resume.json" 2>&1 | tail -n 3
+    fi
   fi
   python3 benchmarks/bench_train.py merge "$CASES"/*.json --out "$OUT/result.json" \
-    --command "PART=scaling DEVICES='2 4' then PART=fast DEVICES=4 bash benchmarks/run_gpu_distributed.sh"
+    --command "PART=scaling DEVICES='${SCALING_DEVICES:-2 4}' then PART=fast DEVICES='${DEVICES:-4}' bash benchmarks/run_gpu_distributed.sh"
 } 2>&1 | tee "$OUT/bench-${PART:-scaling}.log"
