@@ -78,3 +78,42 @@ def test_eager_attention_gives_the_sdpa_loss_on_packed_rows(tokenizer):
 def test_attention_value_is_checked():
     with pytest.raises(ValueError, match="model.lean.attention='flex_attention'"):
         LeanSpec(attention="flex_attention")
+
+
+@pytest.mark.parametrize("softcap", [30.0, None])
+@pytest.mark.parametrize("chunk", [1, 3, 1000])
+def test_gradient_in_forward_equals_recomputed_chunks(chunk, softcap):
+    """lean.loss_grad_in_forward: loss, predictions and hidden-state gradient of the recomputing loss, with the
+    loss scaled afterwards as gradient accumulation scales it. Both take fp32 logits, hence fp32 tolerances."""
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 7, 16, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(50, 16, dtype=torch.float64)
+    labels = torch.randint(0, 50, (2, 7))
+    labels[0, :3] = -100
+    ref = chunked_lm_loss(hidden, weight, labels, softcap=softcap, chunk_size=chunk)
+    (ref_grad,) = torch.autograd.grad(ref.loss / 8, hidden)
+    out = chunked_lm_loss(hidden, weight, labels, softcap=softcap, chunk_size=chunk, grad_in_forward=True)
+    (grad,) = torch.autograd.grad(out.loss / 8, hidden)
+    torch.testing.assert_close(out.loss, ref.loss, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-8)
+    assert torch.equal(out.preds, ref.preds)
+
+
+def test_gradient_in_forward_gives_the_modules_loss_and_lora_gradients(tokenizer):
+    """Through the whole tiny model (fp32): the same loss and LoRA gradients as the default loss; under no_grad
+    (validation) it takes the plain path."""
+    batch = packed_batch(tokenizer)
+    ref_loss, ref_grads = loss_and_grads(perturbed_module(LeanSpec(), "float32"), batch)
+    module = perturbed_module(LeanSpec(loss_grad_in_forward=True), "float32")
+    loss, grads = loss_and_grads(module, batch)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=1e-6)
+    _assert_grads_close(grads, ref_grads, rtol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(module(dict(batch)).loss, ref_loss, rtol=1e-6, atol=1e-6)
+
+
+def test_gradient_in_forward_refuses_a_trainable_head():
+    hidden = torch.randn(1, 4, 8, requires_grad=True)
+    weight = torch.randn(20, 8, requires_grad=True)
+    with pytest.raises(ValueError, match="loss_grad_in_forward needs a frozen LM head"):
+        chunked_lm_loss(hidden, weight, torch.randint(0, 20, (1, 4)), 30.0, grad_in_forward=True)

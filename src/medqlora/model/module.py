@@ -18,6 +18,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from medqlora.hub import load_config
+from medqlora.model.compile import compile_decoder_layers
 from medqlora.model.distributed import clean_name, is_fsdp
 from medqlora.model.host_embedding import HostEmbedding, share_across_local_ranks
 from medqlora.model.loading import QuantSpec, load_base_model
@@ -42,6 +43,11 @@ class LeanSpec:
             weight to fp32 (~11 GB on E2B). Off by default; on reproduces the plain recipe.
         attention: transformers' attention implementation, `sdpa` or `eager` (slow; for debugging); packed
             rows get their block-diagonal mask from the position ids either way.
+        loss_grad_in_forward: compute each loss chunk's gradient while its logits exist instead of recomputing
+            them in backward (saves a third of the LM head's work; model/loss.py).
+        compile_layers: run each decoder layer through one `torch.compile`d forward (model/compile.py): fuses the
+            elementwise work whose kernel launches bound the step at small micro-batches; costs a few minutes of
+            compilation at the first steps. Not with FSDP.
     """
 
     chunked_loss: bool = True
@@ -51,6 +57,8 @@ class LeanSpec:
     text_only: bool = True
     upcast_frozen: bool = False
     attention: Literal["sdpa", "eager"] = "sdpa"
+    loss_grad_in_forward: bool = False
+    compile_layers: bool = False
 
     def __post_init__(self) -> None:
         if self.loss_chunk_size < 1:
@@ -133,12 +141,13 @@ class QLoRAModule(L.LightningModule):
         """Load the 4-bit base on the strategy's device and add the adapter (once)."""
         if self.model is not None:
             return
-        if (
-            self._trainer is not None
-            and is_fsdp(self.trainer.strategy)
-            and self.quant.load_in_4bit
-            and self.quant.quant_storage != self.quant.compute_dtype
-        ):
+        fsdp = self._trainer is not None and is_fsdp(self.trainer.strategy)
+        if fsdp and self.lean.compile_layers:
+            raise ValueError(
+                "model.lean.compile_layers=true is not supported under FSDP (its units wrap the layers the compiled "
+                "forward replaces); set it to false, or train with DDP (configs/ddp.yaml)"
+            )
+        if fsdp and self.quant.load_in_4bit and self.quant.quant_storage != self.quant.compute_dtype:
             raise ValueError(
                 f"model.quantization.quant_storage={self.quant.quant_storage!r} cannot be sharded by "
                 f"FSDP; set it to the compute dtype ({self.quant.compute_dtype!r}), as "
@@ -175,6 +184,8 @@ class QLoRAModule(L.LightningModule):
         torch.manual_seed(self.hparams.seed)
         with torch.device("cpu"):  # one init per seed on any device and strategy (CUDA draws another stream)
             self.model = apply_lora(base, self.lora)  # PEFT moves each adapter to its base layer's device
+        if self.lean.compile_layers:
+            compile_decoder_layers(self.model, self.hparams.gradient_checkpointing)
         self.model.train()
         if device.type == "cuda":
             torch.cuda.empty_cache()  # hand back what loading reserved, so reserved memory reflects training
@@ -204,7 +215,12 @@ class QLoRAModule(L.LightningModule):
             causal_lm = self.model.base_model.model
             hidden = causal_lm.model(**inputs, use_cache=False).last_hidden_state
             return chunked_lm_loss(
-                hidden, causal_lm.lm_head.weight, batch["labels"], self.softcap, self.lean.loss_chunk_size
+                hidden,
+                causal_lm.lm_head.weight,
+                batch["labels"],
+                self.softcap,
+                self.lean.loss_chunk_size,
+                self.lean.loss_grad_in_forward,
             )
         return full_logits_loss(self.model(**inputs, use_cache=False).logits, batch["labels"])
 
