@@ -12,6 +12,7 @@ Each case runs in its own process so one system's allocations never colour the o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import platform
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from flops import FlopModel, peak_flops, token_positions
 
 EPOCH_ROWS = 47_189  # the model card's training rows
 # (prompt median, answer median, share) per source, lognormal sigma 0.5, capped at the recipe's max length
@@ -100,16 +102,26 @@ class Clock:
         self.last = now
 
 
+FLOP_MODEL: FlopModel | None = None  # set by case(): model FLOPs of each micro-batch, for MFU
+CHECKS: dict = {}  # with --compile: the compiled layers against the eager ones on the first batch
+
+
 def batch_stats(batch: dict) -> dict:
-    """Tokens, supervised tokens and rows in one micro-batch."""
+    """Tokens, supervised tokens, rows and model FLOPs in one micro-batch."""
     labels, real = batch["labels"], batch["input_ids"] != 0  # synthetic ids are never the pad id 0
     tokens = int(real.sum())
     rows = int(((batch["position_ids"] == 0) & real).sum()) if "position_ids" in batch else labels.shape[0]
-    return {"tokens": tokens, "supervised": int((labels[:, 1:] != -100).sum()), "rows": rows, "slots": labels.numel()}
+    supervised = int((labels[:, 1:] != -100).sum())
+    flops = FLOP_MODEL.batch(token_positions(batch), supervised) if FLOP_MODEL else 0.0
+    return {"tokens": tokens, "supervised": supervised, "rows": rows, "slots": labels.numel(), "flops": flops}
 
 
-def run_plain(model_path: str, rows: list[dict], device: torch.device) -> Clock:
-    """The card's recipe as its users write it: transformers + PEFT + bitsandbytes, a plain loop."""
+def run_plain(model_path: str, rows: list[dict], device: torch.device, careful: bool = False) -> Clock:
+    """The card's recipe as its users write it: transformers + PEFT + bitsandbytes, a plain loop.
+
+    careful: also put the model in training mode, as a careful user does: `from_pretrained` returns it in eval
+    mode, where transformers skips the gradient checkpointing `prepare_model_for_kbit_training` switched on (and
+    LoRA dropout is off); the literal loop trains so."""
     import bitsandbytes as bnb
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
@@ -138,13 +150,15 @@ def run_plain(model_path: str, rows: list[dict], device: torch.device) -> Clock:
     )
     model = get_peft_model(model, lora)
     model.config.use_cache = False
+    if careful:
+        model.train()
     optimizer = bnb.optim.AdamW8bit([p for p in model.parameters() if p.requires_grad], lr=LR)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     clock = Clock()
     clock.tick({})
     for i in range(WARMUP_BATCHES + TIMED_BATCHES):
-        batch = pad_collate(rows[i * MICRO_BATCH : (i + 1) * MICRO_BATCH], pad_id=0)
+        batch = pad_collate(rows[i * MICRO_BATCH : (i + 1) * MICRO_BATCH], pad_id=0)  # to the longest of the two
         stats = batch_stats(batch)
         batch = {k: v.to(device) for k, v in batch.items()}
         with torch.autocast(device.type, dtype=torch.bfloat16):
@@ -210,6 +224,46 @@ def run_medqlora(
                     table = profiler.key_averages().table(sort_by=key, row_limit=22, max_name_column_width=60)
                     print(table, flush=True)
 
+    class CompiledCheck(Callback):
+        """Before timing: the first batch's loss and LoRA gradients through the compiled layers and the eager ones
+        (same seed, so the same dropout masks); the compiled pass also pays the compilation, outside the timing."""
+
+        def on_train_start(self, trainer, pl_module):
+            from medqlora.model.compile import eager_layers
+
+            batch = pl_module.on_before_batch_transfer(next(iter(trainer.train_dataloader)), 0)
+            batch = {k: v.to(pl_module.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+            def loss_and_grads(eager: bool) -> tuple[float, dict]:
+                torch.manual_seed(0)
+                pl_module.model.zero_grad(set_to_none=True)
+                with trainer.precision_plugin.train_step_context():
+                    with eager_layers(pl_module.model) if eager else contextlib.nullcontext():
+                        loss = pl_module(dict(batch)).loss
+                loss.backward()
+                params = pl_module.model.named_parameters()
+                return loss.item(), {n: p.grad.float().cpu() for n, p in params if p.requires_grad}
+
+            start = time.perf_counter()
+            compiled_loss, compiled = loss_and_grads(eager=False)
+            CHECKS["first_step_s"] = time.perf_counter() - start
+            eager_loss, eager = loss_and_grads(eager=True)
+            pl_module.model.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+            CHECKS.update(
+                loss_eager=eager_loss,
+                loss_compiled=compiled_loss,
+                loss_abs_diff=abs(compiled_loss - eager_loss),
+                grad_max_abs_diff=max(float((compiled[n] - g).abs().max()) for n, g in eager.items()),
+                grad_max_abs=max(float(g.abs().max()) for g in eager.values()),
+                # over all LoRA gradients at once: a zero-initialised B leaves some tensors with ~zero norm
+                grad_rel_norm_diff=float(
+                    sum(float((compiled[n] - g).pow(2).sum()) for n, g in eager.items()) ** 0.5
+                    / max(sum(float(g.pow(2).sum()) for g in eager.values()) ** 0.5, 1e-30)
+                ),
+            )
+            print(f"compiled vs eager: {CHECKS}", flush=True)
+
     lengths = [len(r["input_ids"]) for r in rows]
     packed = args.layout == "packed"
 
@@ -228,6 +282,7 @@ def run_medqlora(
             )
 
     memory = PeakMemory(every_n_steps=1)
+    first = [CompiledCheck()] if args.compile else []  # before PeakMemory, which resets the peak at train start
     extra = []
     if args.trace:
         from where_memory import MemoryTrace
@@ -241,11 +296,13 @@ def run_medqlora(
             module_name, _, class_name = strategy["class_path"].rpartition(".")
             strategy = getattr(__import__(module_name, fromlist=[class_name]), class_name)(**strategy["init_args"])
     quant = QuantSpec(**{**RECIPE["model"]["quantization"], **overlay.get("model", {}).get("quantization", {})})
+    if args.compute_dtype:  # e.g. float32 for a compiled-vs-eager check that bf16 rounding cannot blur
+        quant.compute_dtype = args.compute_dtype
     trainer = L.Trainer(
         accelerator=device.type,
         devices=args.devices,
         strategy=strategy,
-        precision="bf16-mixed",
+        precision="32-true" if args.compute_dtype == "float32" else "bf16-mixed",
         max_epochs=1,
         use_distributed_sampler=False,
         # with --same-rows-as N: the batches N ranks share out, warm-up included (N x 3 of them)
@@ -255,7 +312,14 @@ def run_medqlora(
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[GradientAccumulation(ACCUMULATE), CosineWarmup(RECIPE["warmup_ratio"]), memory, Tick(), *extra],
+        callbacks=[
+            *first,
+            GradientAccumulation(ACCUMULATE),
+            CosineWarmup(RECIPE["warmup_ratio"]),
+            memory,
+            Tick(),
+            *extra,
+        ],
     )
     settings = RECIPE["model"]  # the recipe's model section, with the case's lean switches on top
     lean = LeanSpec(
@@ -265,6 +329,8 @@ def run_medqlora(
             "ple_shared": not args.ple_private,
             "loss_chunk_size": args.loss_chunk,
             "attention": args.attention,
+            "compile_layers": args.compile,
+            "loss_grad_in_forward": args.loss_grad_in_forward,
         }
     )
     module = QLoRAModule(
@@ -280,6 +346,11 @@ def run_medqlora(
     return clock, memory.summary, trainer.world_size if trainer.is_global_zero else -1
 
 
+def quant_dtype() -> str:
+    """The recipe's compute dtype."""
+    return RECIPE["model"]["quantization"]["compute_dtype"]
+
+
 def host_memory() -> dict:
     """This process's host memory (GiB): resident, and proportional (pages shared with other processes, such as a
     PLE table mapped by every rank, counted once in total across them)."""
@@ -291,19 +362,24 @@ def summarise(system: str, kind: str, clock: Clock, device: torch.device, warmup
     """One case's figures (throughput, padding, epoch time, peak memory), from the timed steps (after warm-up)."""
     timed = clock.steps[warmup:]
     seconds = sum(s for s, _ in timed)
-    total = {k: sum(st[k] for _, st in timed) for k in ("tokens", "supervised", "rows", "slots")}
+    total = {k: sum(st[k] for _, st in timed) for k in ("tokens", "supervised", "rows", "slots", "flops")}
     case = {
         "system": system,
         "rows": kind,
         "steps_timed": len(timed),
         "step_s_median": statistics.median(s for s, _ in timed),
+        "step_s": [round(s, 4) for s, _ in timed],  # each one: a slow outlier (a recompile, say) shows here
         "tokens_per_s": total["tokens"] / seconds,
         "supervised_tokens_per_s": total["supervised"] / seconds,
         "rows_per_s": total["rows"] / seconds,
         "padding_share": 1 - total["tokens"] / total["slots"],
         "supervised_share": total["supervised"] / total["tokens"],
         "epoch_minutes": EPOCH_ROWS / (total["rows"] / seconds) / 60,
+        "model_tflops_per_s": sum(st["flops"] for _, st in timed) / seconds / 1e12,
+        "flops_per_token": sum(st["flops"] for _, st in timed) / max(total["tokens"], 1),
     }
+    peak = peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+    case["mfu"] = case["model_tflops_per_s"] * 1e12 / peak if peak else None
     if device.type == "cuda":
         case["peak_alloc_gib"] = torch.cuda.max_memory_allocated(device) / GIB
         case["peak_reserved_gib"] = torch.cuda.max_memory_reserved(device) / GIB
@@ -328,8 +404,14 @@ def case(args: argparse.Namespace) -> None:
     rows = synthetic_rows(args.rows, n_rows, vocab, seed=0)
     if args.rows == "full-2x2048" and args.model == "tiny":
         rows = [{k: v[:256] for k, v in r.items()} for r in rows]  # CPU smoke test
-    if args.system == "plain-recipe":
-        result = summarise(args.system, args.rows, run_plain(model_path, rows, device), device)
+    global FLOP_MODEL
+    FLOP_MODEL = FlopModel.from_config(load_config(model_path), LORA["r"], LORA["targets"])
+    if device.type == "cuda" and args.memory_cap_gib:
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(args.memory_cap_gib * GIB / total, device.index or 0)
+    if args.system in ("plain-recipe", "plain-careful"):
+        clock = run_plain(model_path, rows, device, careful=args.system == "plain-careful")
+        result = summarise(args.system, args.rows, clock, device)
     else:
         clock, memory, world = run_medqlora(model_path, rows, device, args)
         if world < 0:
@@ -345,6 +427,9 @@ def case(args: argparse.Namespace) -> None:
             "same_rows_as": args.same_rows_as,
             "loss_chunk": args.loss_chunk,
             "attention": args.attention,
+            "compile_layers": args.compile,
+            "loss_grad_in_forward": args.loss_grad_in_forward,
+            "compute_dtype": args.compute_dtype or quant_dtype(),
         }
         result = {
             **summarise(args.system, args.rows, clock, device, WARMUP_BATCHES * args.same_rows_as),
@@ -361,6 +446,10 @@ def case(args: argparse.Namespace) -> None:
             for key in ("tokens_per_s", "supervised_tokens_per_s", "rows_per_s"):
                 result[key] *= world
             result["epoch_minutes"] /= world
+    if args.memory_cap_gib:
+        result["memory_cap_gib"] = args.memory_cap_gib
+    if CHECKS:
+        result["compiled_vs_eager"] = CHECKS
     if args.label:
         result["label"] = args.label
     Path(args.json).write_text(json.dumps(result, indent=2))
@@ -380,12 +469,17 @@ def merge(args: argparse.Namespace) -> None:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"
     cases = [json.loads(Path(p).read_text()) for p in args.cases if Path(p).is_file()]
     for rows in {c["rows"] for c in cases}:
-        base = next((c for c in cases if c["rows"] == rows and c["system"] == "plain-recipe"), None)
-        for c in cases:
-            if base and c["rows"] == rows and c["system"] == "medqlora":
-                c["speedup_supervised_tokens_per_s"] = c["supervised_tokens_per_s"] / base["supervised_tokens_per_s"]
-                if "peak_alloc_gib" in c:
-                    c["memory_ratio_vs_plain"] = c["peak_alloc_gib"] / base["peak_alloc_gib"]
+        for system, suffix in (("plain-recipe", ""), ("plain-careful", "_vs_careful")):
+            base = next((c for c in cases if c["rows"] == rows and c["system"] == system), None)
+            for c in cases:
+                if base and c["rows"] == rows and c["system"] == "medqlora":
+                    c[f"speedup_supervised_tokens_per_s{suffix}"] = (
+                        c["supervised_tokens_per_s"] / base["supervised_tokens_per_s"]
+                    )
+                    if "peak_alloc_gib" in c:
+                        c[f"memory_ratio_vs_{system.removeprefix('plain-').replace('recipe', 'plain')}"] = (
+                            c["peak_alloc_gib"] / base["peak_alloc_gib"]
+                        )
     for c in cases:  # multi-GPU cases against the one-GPU case of the same rows and micro-batch
         single = next(
             (
@@ -417,7 +511,7 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--out", required=True, type=Path)
     b.add_argument("--reference", type=Path, default=Path(__file__).with_name("gemma4-e2b-config.json"))
     c = sub.add_parser("case")
-    c.add_argument("--system", choices=["plain-recipe", "medqlora"], required=True)
+    c.add_argument("--system", choices=["plain-recipe", "plain-careful", "medqlora"], required=True)
     c.add_argument("--rows", choices=["full-2x2048", "real-lengths"], required=True)
     c.add_argument("--model", required=True)
     c.add_argument("--json", required=True)
@@ -435,6 +529,17 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--devices", type=int, default=1, help="medqlora only: GPUs (one process each)")
     c.add_argument("--trace", action="store_true", help="medqlora only: memory/time per step phase")
     c.add_argument("--label", default=None, help="a name for this variant in the results")
+    c.add_argument("--compile", action="store_true", help="medqlora only: lean.compile_layers")
+    c.add_argument("--loss-grad-in-forward", action="store_true", help="medqlora only: lean.loss_grad_in_forward")
+    c.add_argument(
+        "--compute-dtype", default=None, help="medqlora only: the 4-bit base's compute dtype (float32: 32-true)"
+    )
+    c.add_argument(
+        "--memory-cap-gib",
+        type=float,
+        default=None,
+        help="cap the process's GPU memory (set_per_process_memory_fraction)",
+    )
     m = sub.add_parser("merge")
     m.add_argument("cases", nargs="+")
     m.add_argument("--out", required=True)
