@@ -138,9 +138,10 @@ def split_device_map(config, target: str, elsewhere: dict[str, str]) -> dict[str
     device_map: dict[str, str] = {}
 
     def place(module: torch.nn.Module, name: str) -> None:
+        holds_one = not name or any(key.startswith(f"{name}.") for key in elsewhere)
         if name in elsewhere:
             device_map[name] = elsewhere[name]
-        elif not any(key.startswith(f"{name}.") or not name for key in elsewhere):
+        elif not holds_one:
             device_map[name] = target
         else:
             prefix = f"{name}." if name else ""
