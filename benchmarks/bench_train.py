@@ -12,378 +12,30 @@ Each case runs in its own process so one system's allocations never colour the o
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import math
 import platform
-import random
-import statistics
 import sys
-import time
 from pathlib import Path
 
+import medqlora_run
 import torch
-import yaml
-from flops import FlopModel, peak_flops, token_positions
-
-EPOCH_ROWS = 47_189  # the model card's training rows
-# (prompt median, answer median, share) per source, lognormal sigma 0.5, capped at the recipe's max length
-MIX = {"medqa": (230, 12, 0.34), "o1": (90, 900, 0.30), "alpacare": (40, 230, 0.36)}
-RECIPE_FILE = Path(__file__).resolve().parents[1] / "configs" / "gemma4-e2b-medical.yaml"
-
-
-def recipe(path: Path = RECIPE_FILE) -> dict:
-    """The recipe's settings, read from its YAML (never restated here): model section, lengths, accumulation."""
-    config = yaml.safe_load(path.read_text())
-    callbacks = {c["class_path"].rsplit(".", 1)[-1]: c.get("init_args") or {} for c in config["trainer"]["callbacks"]}
-    return {
-        "model": config["model"],
-        "max_length": config["data"]["max_length"],
-        "micro_batch": config["data"]["micro_batch_size"],
-        "accumulate": callbacks["GradientAccumulation"]["accumulate"],
-        "warmup_ratio": callbacks["CosineWarmup"]["warmup_ratio"],
-    }
-
-
-RECIPE = recipe()
-MAX_LEN, MICRO_BATCH, ACCUMULATE = RECIPE["max_length"], RECIPE["micro_batch"], RECIPE["accumulate"]
-LR, LORA = RECIPE["model"]["lr"], RECIPE["model"]["lora"]
-WARMUP_BATCHES, TIMED_BATCHES = 3, int(__import__("os").environ.get("BENCH_TIMED", 21))
-GIB = 1024**3
-
-
-def synthetic_rows(kind: str, n: int, vocab: int, seed: int = 0) -> list[dict]:
-    """Rows of random token ids: full 2048-token rows (all supervised), or the mix's length profile."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        if kind == "full-2x2048":
-            prompt, answer = 1, MAX_LEN - 1
-        else:
-            name = rng.choices(list(MIX), weights=[m[2] for m in MIX.values()])[0]
-            p_med, a_med, _ = MIX[name]
-            prompt = max(4, round(rng.lognormvariate(math.log(p_med), 0.5)))
-            answer = max(2, round(rng.lognormvariate(math.log(a_med), 0.5)))
-            prompt, answer = min(prompt, MAX_LEN - 2), min(answer, MAX_LEN - min(prompt, MAX_LEN - 2))
-        ids = [2] + [rng.randrange(3, vocab) for _ in range(prompt + answer - 1)]
-        rows.append({"input_ids": ids, "labels": [-100] * prompt + ids[prompt:]})
-    return rows
-
-
-def build(out: Path, reference: Path) -> None:
-    """Save the real E2B architecture with random bf16 weights as a local checkpoint."""
-    from transformers import Gemma4Config, Gemma4ForConditionalGeneration
-
-    cfg = json.loads(reference.read_text())
-    config = Gemma4Config(**{k: v for k, v in cfg.items() if k != "model_type"})
-    torch.manual_seed(0)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    with torch.device(device):
-        torch.set_default_dtype(torch.bfloat16)
-        model = Gemma4ForConditionalGeneration(config)
-        torch.set_default_dtype(torch.float32)
-    print(f"built {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B parameters", flush=True)
-    model.save_pretrained(out, safe_serialization=True)
-
-
-class Clock:
-    """Wall time between consecutive step ends (everything a step costs: data, transfer, compute)."""
-
-    def __init__(self) -> None:
-        self.last = None
-        self.steps: list[tuple[float, dict]] = []
-
-    def tick(self, batch_stats: dict) -> None:
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        now = time.perf_counter()
-        if self.last is not None:
-            self.steps.append((now - self.last, batch_stats))
-        self.last = now
-
-
-FLOP_MODEL: FlopModel | None = None  # set by case(): model FLOPs of each micro-batch, for MFU
-CHECKS: dict = {}  # with --compile: the compiled layers against the eager ones on the first batch
-
-
-def batch_stats(batch: dict) -> dict:
-    """Tokens, supervised tokens, rows and model FLOPs in one micro-batch."""
-    labels, real = batch["labels"], batch["input_ids"] != 0  # synthetic ids are never the pad id 0
-    tokens = int(real.sum())
-    rows = int(((batch["position_ids"] == 0) & real).sum()) if "position_ids" in batch else labels.shape[0]
-    supervised = int((labels[:, 1:] != -100).sum())
-    flops = FLOP_MODEL.batch(token_positions(batch), supervised) if FLOP_MODEL else 0.0
-    return {"tokens": tokens, "supervised": supervised, "rows": rows, "slots": labels.numel(), "flops": flops}
-
-
-def run_plain(model_path: str, rows: list[dict], device: torch.device, careful: bool = False) -> Clock:
-    """The card's recipe as its users write it: transformers + PEFT + bitsandbytes, a plain loop.
-
-    careful: also put the model in training mode, as a careful user does: `from_pretrained` returns it in eval
-    mode, where transformers skips the gradient checkpointing `prepare_model_for_kbit_training` switched on (and
-    LoRA dropout is off); the literal loop trains so."""
-    import bitsandbytes as bnb
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    from medqlora.data.collate import pad_collate
-    from medqlora.model.lora import LoraSpec
-
-    quant = BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16,
-    )
-    model = AutoModelForCausalLM.from_pretrained(
-        model_path, quantization_config=quant, dtype=torch.bfloat16, device_map={"": str(device)}
-    )
-    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
-    # the card's plain name list trips on the vision tower's Gemma4ClippableLinear: language model only
-    spec = LoraSpec(**LORA)
-    lora = LoraConfig(
-        r=spec.r,
-        lora_alpha=spec.alpha,
-        lora_dropout=spec.dropout,
-        target_modules=spec.target_regex(),
-        task_type="CAUSAL_LM",
-    )
-    model = get_peft_model(model, lora)
-    model.config.use_cache = False
-    if careful:
-        model.train()
-    optimizer = bnb.optim.AdamW8bit([p for p in model.parameters() if p.requires_grad], lr=LR)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    clock = Clock()
-    clock.tick({})
-    for i in range(WARMUP_BATCHES + TIMED_BATCHES):
-        batch = pad_collate(rows[i * MICRO_BATCH : (i + 1) * MICRO_BATCH], pad_id=0)  # to the longest of the two
-        stats = batch_stats(batch)
-        batch = {k: v.to(device) for k, v in batch.items()}
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            loss = model(**batch).loss / ACCUMULATE
-        loss.backward()
-        if (i + 1) % ACCUMULATE == 0:
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        clock.tick(stats)
-    return clock
-
-
-def run_medqlora(
-    model_path: str, rows: list[dict], device: torch.device, args: argparse.Namespace
-) -> tuple[Clock, dict, int]:
-    """medqlora's default path through the real Lightning Trainer, on 2 packed rows of 2048 tokens.
-
-    With --devices N > 1 Lightning's launcher re-runs this script once per extra rank; each rank trains on its
-    own shard of the batches. Returns rank 0's clock and memory summary, and the world size."""
-    import lightning as L
-    from lightning.pytorch.callbacks import Callback
-    from torch.utils.data import DataLoader
-
-    from medqlora.callbacks.accumulation import GradientAccumulation
-    from medqlora.callbacks.memory import PeakMemory
-    from medqlora.callbacks.schedule import CosineWarmup
-    from medqlora.data.collate import Collator, LengthGroupedBatchSampler, PackedRows, PackingBatchSampler
-    from medqlora.model.loading import QuantSpec
-    from medqlora.model.lora import LoraSpec
-    from medqlora.model.module import LeanSpec, QLoRAModule
-
-    clock = Clock()
-    profiler = torch.profiler.profile(
-        activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
-    )
-
-    class Tick(Callback):
-        def on_train_start(self, trainer, pl_module):
-            clock.tick({})
-
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            if args.profile and batch_idx == WARMUP_BATCHES:
-                profiler.start()
-            if args.memory_report and batch_idx == WARMUP_BATCHES:
-                # no stacks: capturing them inside checkpoint recomputation crashed (torch 2.11)
-                torch.cuda.memory._record_memory_history(context=None, stacks="python", max_entries=500_000)
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            clock.tick(batch_stats(batch))
-            if args.memory_report and batch_idx == WARMUP_BATCHES:
-                from memory_peak import peak_report
-
-                try:
-                    report = peak_report(torch.cuda.memory._snapshot())
-                except Exception as err:  # a diagnostic must not cost the measurement
-                    report = {"error": repr(err)}
-                torch.cuda.memory._record_memory_history(enabled=None)
-                Path(args.memory_report).write_text(json.dumps(report, indent=2))
-                print(json.dumps(report, indent=1), flush=True)
-            if args.profile and batch_idx == WARMUP_BATCHES + 2:
-                profiler.stop()
-                for key in ("cuda_time_total", "self_cpu_time_total"):
-                    table = profiler.key_averages().table(sort_by=key, row_limit=22, max_name_column_width=60)
-                    print(table, flush=True)
-
-    class CompiledCheck(Callback):
-        """Before timing: the first batch's loss and LoRA gradients through the compiled layers and the eager ones
-        (same seed, so the same dropout masks); the compiled pass also pays the compilation, outside the timing."""
-
-        def on_train_start(self, trainer, pl_module):
-            from medqlora.model.compile import eager_layers
-
-            batch = pl_module.on_before_batch_transfer(next(iter(trainer.train_dataloader)), 0)
-            batch = {k: v.to(pl_module.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-            def loss_and_grads(eager: bool) -> tuple[float, dict]:
-                torch.manual_seed(0)
-                pl_module.model.zero_grad(set_to_none=True)
-                with trainer.precision_plugin.train_step_context():
-                    with eager_layers(pl_module.model) if eager else contextlib.nullcontext():
-                        loss = pl_module(dict(batch)).loss
-                loss.backward()
-                params = pl_module.model.named_parameters()
-                return loss.item(), {n: p.grad.float().cpu() for n, p in params if p.requires_grad}
-
-            start = time.perf_counter()
-            compiled_loss, compiled = loss_and_grads(eager=False)
-            CHECKS["first_step_s"] = time.perf_counter() - start
-            eager_loss, eager = loss_and_grads(eager=True)
-            pl_module.model.zero_grad(set_to_none=True)
-            torch.cuda.empty_cache()
-            CHECKS.update(
-                loss_eager=eager_loss,
-                loss_compiled=compiled_loss,
-                loss_abs_diff=abs(compiled_loss - eager_loss),
-                grad_max_abs_diff=max(float((compiled[n] - g).abs().max()) for n, g in eager.items()),
-                grad_max_abs=max(float(g.abs().max()) for g in eager.values()),
-                # over all LoRA gradients at once: a zero-initialised B leaves some tensors with ~zero norm
-                grad_rel_norm_diff=float(
-                    sum(float((compiled[n] - g).pow(2).sum()) for n, g in eager.items()) ** 0.5
-                    / max(sum(float(g.pow(2).sum()) for g in eager.values()) ** 0.5, 1e-30)
-                ),
-            )
-            print(f"compiled vs eager: {CHECKS}", flush=True)
-
-    lengths = [len(r["input_ids"]) for r in rows]
-    packed = args.layout == "packed"
-
-    class Rows(L.LightningDataModule):
-        def train_dataloader(self):
-            rank, world = self.trainer.global_rank, self.trainer.world_size
-            sampler = (
-                PackingBatchSampler(lengths, args.pack_tokens, 0, True, rank, world, args.micro_batch)
-                if packed
-                else LengthGroupedBatchSampler(lengths, args.micro_batch, 0, True, True, rank, world)
-            )
-            return DataLoader(
-                PackedRows(rows) if packed else rows,
-                batch_sampler=sampler,
-                collate_fn=Collator(packed=packed, pad_id=0, pack_tokens=args.pack_tokens),
-            )
-
-    memory = PeakMemory(every_n_steps=1)
-    first = [CompiledCheck()] if args.compile else []  # before PeakMemory, which resets the peak at train start
-    extra = []
-    if args.trace:
-        from where_memory import MemoryTrace
-
-        extra.append(MemoryTrace())
-    strategy, overlay = "auto", {}
-    if args.strategy != "single":  # the strategy and model settings of configs/ddp.yaml or configs/fsdp.yaml
-        overlay = yaml.safe_load((RECIPE_FILE.parent / f"{args.strategy}.yaml").read_text())
-        strategy = overlay["trainer"]["strategy"]
-        if isinstance(strategy, dict):
-            module_name, _, class_name = strategy["class_path"].rpartition(".")
-            strategy = getattr(__import__(module_name, fromlist=[class_name]), class_name)(**strategy["init_args"])
-    quant = QuantSpec(**{**RECIPE["model"]["quantization"], **overlay.get("model", {}).get("quantization", {})})
-    if args.compute_dtype:  # e.g. float32 for a compiled-vs-eager check that bf16 rounding cannot blur
-        quant.compute_dtype = args.compute_dtype
-    trainer = L.Trainer(
-        accelerator=device.type,
-        devices=args.devices,
-        strategy=strategy,
-        precision="32-true" if args.compute_dtype == "float32" else "bf16-mixed",
-        max_epochs=1,
-        use_distributed_sampler=False,
-        # with --same-rows-as N: the batches N ranks share out, warm-up included (N x 3 of them)
-        limit_train_batches=(WARMUP_BATCHES + TIMED_BATCHES) * args.same_rows_as,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[
-            *first,
-            GradientAccumulation(ACCUMULATE),
-            CosineWarmup(RECIPE["warmup_ratio"]),
-            memory,
-            Tick(),
-            *extra,
-        ],
-    )
-    settings = RECIPE["model"]  # the recipe's model section, with the case's lean switches on top
-    lean = LeanSpec(
-        **{
-            **settings["lean"],
-            "ple_on_host": not args.ple_on_gpu,
-            "ple_shared": not args.ple_private,
-            "loss_chunk_size": args.loss_chunk,
-            "attention": args.attention,
-            "compile_layers": args.compile,
-            "loss_grad_in_forward": args.loss_grad_in_forward,
-        }
-    )
-    module = QLoRAModule(
-        model_path,
-        quantization=quant,
-        lora=LoraSpec(**settings["lora"]),
-        optimizer=settings["optimizer"],
-        lr=settings["lr"],
-        gradient_checkpointing=settings["gradient_checkpointing"],
-        lean=lean,
-    )
-    trainer.fit(module, datamodule=Rows())
-    return clock, memory.summary, trainer.world_size if trainer.is_global_zero else -1
-
-
-def quant_dtype() -> str:
-    """The recipe's compute dtype."""
-    return RECIPE["model"]["quantization"]["compute_dtype"]
-
-
-def host_memory() -> dict:
-    """This process's host memory (GiB): resident, and proportional (pages shared with other processes, such as a
-    PLE table mapped by every rank, counted once in total across them)."""
-    fields = dict(line.split()[:2] for line in open("/proc/self/smaps_rollup") if line.split()[0] in ("Rss:", "Pss:"))
-    return {"host_rss_gib": int(fields["Rss:"]) / 2**20, "host_pss_gib": int(fields["Pss:"]) / 2**20}
-
-
-def summarise(system: str, kind: str, clock: Clock, device: torch.device, warmup: int = WARMUP_BATCHES) -> dict:
-    """One case's figures (throughput, padding, epoch time, peak memory), from the timed steps (after warm-up)."""
-    timed = clock.steps[warmup:]
-    seconds = sum(s for s, _ in timed)
-    total = {k: sum(st[k] for _, st in timed) for k in ("tokens", "supervised", "rows", "slots", "flops")}
-    case = {
-        "system": system,
-        "rows": kind,
-        "steps_timed": len(timed),
-        "step_s_median": statistics.median(s for s, _ in timed),
-        "step_s": [round(s, 4) for s, _ in timed],  # each one: a slow outlier (a recompile, say) shows here
-        "tokens_per_s": total["tokens"] / seconds,
-        "supervised_tokens_per_s": total["supervised"] / seconds,
-        "rows_per_s": total["rows"] / seconds,
-        "padding_share": 1 - total["tokens"] / total["slots"],
-        "supervised_share": total["supervised"] / total["tokens"],
-        "epoch_minutes": EPOCH_ROWS / (total["rows"] / seconds) / 60,
-        "model_tflops_per_s": sum(st["flops"] for _, st in timed) / seconds / 1e12,
-        "flops_per_token": sum(st["flops"] for _, st in timed) / max(total["tokens"], 1),
-    }
-    peak = peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
-    case["mfu"] = case["model_tflops_per_s"] * 1e12 / peak if peak else None
-    if device.type == "cuda":
-        case["peak_alloc_gib"] = torch.cuda.max_memory_allocated(device) / GIB
-        case["peak_reserved_gib"] = torch.cuda.max_memory_reserved(device) / GIB
-    return case
+import workload
+from flops import FlopModel
+from medqlora_run import run_medqlora
+from plain_loop import run_plain
+from workload import (
+    GIB,
+    LORA,
+    MAX_LEN,
+    MICRO_BATCH,
+    TIMED_BATCHES,
+    WARMUP_BATCHES,
+    build,
+    host_memory,
+    quant_dtype,
+    summarise,
+    synthetic_rows,
+)
 
 
 def case(args: argparse.Namespace) -> None:
@@ -404,8 +56,7 @@ def case(args: argparse.Namespace) -> None:
     rows = synthetic_rows(args.rows, n_rows, vocab, seed=0)
     if args.rows == "full-2x2048" and args.model == "tiny":
         rows = [{k: v[:256] for k, v in r.items()} for r in rows]  # CPU smoke test
-    global FLOP_MODEL
-    FLOP_MODEL = FlopModel.from_config(load_config(model_path), LORA["r"], LORA["targets"])
+    workload.FLOP_MODEL = FlopModel.from_config(load_config(model_path), LORA["r"], LORA["targets"])
     if device.type == "cuda" and args.memory_cap_gib:
         total = torch.cuda.get_device_properties(device).total_memory
         torch.cuda.set_per_process_memory_fraction(args.memory_cap_gib * GIB / total, device.index or 0)
@@ -448,8 +99,8 @@ def case(args: argparse.Namespace) -> None:
             result["epoch_minutes"] /= world
     if args.memory_cap_gib:
         result["memory_cap_gib"] = args.memory_cap_gib
-    if CHECKS:
-        result["compiled_vs_eager"] = CHECKS
+    if medqlora_run.CHECKS:
+        result["compiled_vs_eager"] = medqlora_run.CHECKS
     if args.label:
         result["label"] = args.label
     Path(args.json).write_text(json.dumps(result, indent=2))

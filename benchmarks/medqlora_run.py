@@ -1,0 +1,190 @@
+"""medqlora's path through the real Lightning Trainer, as a benchmark case (one GPU, DDP or FSDP)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from workload import ACCUMULATE, RECIPE, RECIPE_FILE, TIMED_BATCHES, WARMUP_BATCHES, Clock, batch_stats
+
+CHECKS: dict = {}  # with --compile: the compiled layers against the eager ones on the first batch
+
+
+def run_medqlora(
+    model_path: str, rows: list[dict], device: torch.device, args: argparse.Namespace
+) -> tuple[Clock, dict, int]:
+    """medqlora's default path through the real Lightning Trainer, on 2 packed rows of 2048 tokens.
+
+    With --devices N > 1 Lightning's launcher re-runs this script once per extra rank; each rank trains on its
+    own shard of the batches. Returns rank 0's clock and memory summary, and the world size."""
+    import lightning as L
+    from lightning.pytorch.callbacks import Callback
+    from torch.utils.data import DataLoader
+
+    from medqlora.callbacks.accumulation import GradientAccumulation
+    from medqlora.callbacks.memory import PeakMemory
+    from medqlora.callbacks.schedule import CosineWarmup
+    from medqlora.data.collate import Collator, LengthGroupedBatchSampler, PackedRows, PackingBatchSampler
+    from medqlora.model.loading import QuantSpec
+    from medqlora.model.lora import LoraSpec
+    from medqlora.model.module import LeanSpec, QLoRAModule
+
+    clock = Clock()
+    profiler = torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    )
+
+    class Tick(Callback):
+        def on_train_start(self, trainer, pl_module):
+            clock.tick({})
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if args.profile and batch_idx == WARMUP_BATCHES:
+                profiler.start()
+            if args.memory_report and batch_idx == WARMUP_BATCHES:
+                # no stacks: capturing them inside checkpoint recomputation crashed (torch 2.11)
+                torch.cuda.memory._record_memory_history(context=None, stacks="python", max_entries=500_000)
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            clock.tick(batch_stats(batch))
+            if args.memory_report and batch_idx == WARMUP_BATCHES:
+                from memory_peak import peak_report
+
+                try:
+                    report = peak_report(torch.cuda.memory._snapshot())
+                except Exception as err:  # a diagnostic must not cost the measurement
+                    report = {"error": repr(err)}
+                torch.cuda.memory._record_memory_history(enabled=None)
+                Path(args.memory_report).write_text(json.dumps(report, indent=2))
+                print(json.dumps(report, indent=1), flush=True)
+            if args.profile and batch_idx == WARMUP_BATCHES + 2:
+                profiler.stop()
+                for key in ("cuda_time_total", "self_cpu_time_total"):
+                    table = profiler.key_averages().table(sort_by=key, row_limit=22, max_name_column_width=60)
+                    print(table, flush=True)
+
+    class CompiledCheck(Callback):
+        """Before timing: the first batch's loss and LoRA gradients through the compiled layers and the eager ones
+        (same seed, so the same dropout masks); the compiled pass also pays the compilation, outside the timing."""
+
+        def on_train_start(self, trainer, pl_module):
+            from medqlora.model.compile import eager_layers
+
+            batch = pl_module.on_before_batch_transfer(next(iter(trainer.train_dataloader)), 0)
+            batch = {k: v.to(pl_module.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+            def loss_and_grads(eager: bool) -> tuple[float, dict]:
+                torch.manual_seed(0)
+                pl_module.model.zero_grad(set_to_none=True)
+                with trainer.precision_plugin.train_step_context():
+                    with eager_layers(pl_module.model) if eager else contextlib.nullcontext():
+                        loss = pl_module(dict(batch)).loss
+                loss.backward()
+                params = pl_module.model.named_parameters()
+                return loss.item(), {n: p.grad.float().cpu() for n, p in params if p.requires_grad}
+
+            start = time.perf_counter()
+            compiled_loss, compiled = loss_and_grads(eager=False)
+            CHECKS["first_step_s"] = time.perf_counter() - start
+            eager_loss, eager = loss_and_grads(eager=True)
+            pl_module.model.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+            CHECKS.update(
+                loss_eager=eager_loss,
+                loss_compiled=compiled_loss,
+                loss_abs_diff=abs(compiled_loss - eager_loss),
+                grad_max_abs_diff=max(float((compiled[n] - g).abs().max()) for n, g in eager.items()),
+                grad_max_abs=max(float(g.abs().max()) for g in eager.values()),
+                # over all LoRA gradients at once: a zero-initialised B leaves some tensors with ~zero norm
+                grad_rel_norm_diff=float(
+                    sum(float((compiled[n] - g).pow(2).sum()) for n, g in eager.items()) ** 0.5
+                    / max(sum(float(g.pow(2).sum()) for g in eager.values()) ** 0.5, 1e-30)
+                ),
+            )
+            print(f"compiled vs eager: {CHECKS}", flush=True)
+
+    lengths = [len(r["input_ids"]) for r in rows]
+    packed = args.layout == "packed"
+
+    class Rows(L.LightningDataModule):
+        def train_dataloader(self):
+            rank, world = self.trainer.global_rank, self.trainer.world_size
+            sampler = (
+                PackingBatchSampler(lengths, args.pack_tokens, 0, True, rank, world, args.micro_batch)
+                if packed
+                else LengthGroupedBatchSampler(lengths, args.micro_batch, 0, True, True, rank, world)
+            )
+            return DataLoader(
+                PackedRows(rows) if packed else rows,
+                batch_sampler=sampler,
+                collate_fn=Collator(packed=packed, pad_id=0, pack_tokens=args.pack_tokens),
+            )
+
+    memory = PeakMemory(every_n_steps=1)
+    first = [CompiledCheck()] if args.compile else []  # before PeakMemory, which resets the peak at train start
+    extra = []
+    if args.trace:
+        from where_memory import MemoryTrace
+
+        extra.append(MemoryTrace())
+    strategy, overlay = "auto", {}
+    if args.strategy != "single":  # the strategy and model settings of configs/ddp.yaml or configs/fsdp.yaml
+        overlay = yaml.safe_load((RECIPE_FILE.parent / f"{args.strategy}.yaml").read_text())
+        strategy = overlay["trainer"]["strategy"]
+        if isinstance(strategy, dict):
+            module_name, _, class_name = strategy["class_path"].rpartition(".")
+            strategy = getattr(__import__(module_name, fromlist=[class_name]), class_name)(**strategy["init_args"])
+    quant = QuantSpec(**{**RECIPE["model"]["quantization"], **overlay.get("model", {}).get("quantization", {})})
+    if args.compute_dtype:  # e.g. float32 for a compiled-vs-eager check that bf16 rounding cannot blur
+        quant.compute_dtype = args.compute_dtype
+    trainer = L.Trainer(
+        accelerator=device.type,
+        devices=args.devices,
+        strategy=strategy,
+        precision="32-true" if args.compute_dtype == "float32" else "bf16-mixed",
+        max_epochs=1,
+        use_distributed_sampler=False,
+        # with --same-rows-as N: the batches N ranks share out, warm-up included (N x 3 of them)
+        limit_train_batches=(WARMUP_BATCHES + TIMED_BATCHES) * args.same_rows_as,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[
+            *first,
+            GradientAccumulation(ACCUMULATE),
+            CosineWarmup(RECIPE["warmup_ratio"]),
+            memory,
+            Tick(),
+            *extra,
+        ],
+    )
+    settings = RECIPE["model"]  # the recipe's model section, with the case's lean switches on top
+    lean = LeanSpec(
+        **{
+            **settings["lean"],
+            "ple_on_host": not args.ple_on_gpu,
+            "ple_shared": not args.ple_private,
+            "loss_chunk_size": args.loss_chunk,
+            "attention": args.attention,
+            "compile_layers": args.compile,
+            "loss_grad_in_forward": args.loss_grad_in_forward,
+        }
+    )
+    module = QLoRAModule(
+        model_path,
+        quantization=quant,
+        lora=LoraSpec(**settings["lora"]),
+        optimizer=settings["optimizer"],
+        lr=settings["lr"],
+        gradient_checkpointing=settings["gradient_checkpointing"],
+        lean=lean,
+    )
+    trainer.fit(module, datamodule=Rows())
+    return clock, memory.summary, trainer.world_size if trainer.is_global_zero else -1
