@@ -92,11 +92,10 @@ def case(args: argparse.Namespace) -> None:
             # PeakMemory resets the CUDA peak every interval: its running maximum is the training peak
             result["peak_alloc_gib"] = memory["peak_gib"]
             result["peak_reserved_gib"] = memory["peak_reserved_gib"]
-        if world > 1:  # rank 0's throughput x ranks: every rank steps through equal-shape packed micro-batches
-            result["tokens_per_s_per_gpu"] = result["tokens_per_s"]
-            for key in ("tokens_per_s", "supervised_tokens_per_s", "rows_per_s"):
-                result[key] *= world
-            result["epoch_minutes"] /= world
+        if world > 1:  # the clock holds every rank's tokens over rank 0's time: throughput of all GPUs together
+            result["tokens_per_s_per_gpu"] = result["tokens_per_s"] / world
+            if result["mfu"] is not None:
+                result["mfu"] /= world  # of each GPU's peak
     if args.memory_cap_gib:
         result["memory_cap_gib"] = args.memory_cap_gib
     if medqlora_run.CHECKS:

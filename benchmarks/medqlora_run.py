@@ -21,7 +21,8 @@ def run_medqlora(
     """medqlora's default path through the real Lightning Trainer, on 2 packed rows of 2048 tokens.
 
     With --devices N > 1 Lightning's launcher re-runs this script once per extra rank; each rank trains on its
-    own shard of the batches. Returns rank 0's clock and memory summary, and the world size."""
+    own shard of the batches. Returns rank 0's clock (its step times, every rank's tokens) and memory summary, and
+    the world size."""
     import lightning as L
     from lightning.pytorch.callbacks import Callback
     from torch.utils.data import DataLoader
@@ -187,4 +188,11 @@ def run_medqlora(
         lean=lean,
     )
     trainer.fit(module, datamodule=Rows())
+    if trainer.world_size > 1:  # ranks step together: each step's figures summed over ranks, exact totals
+        keys = ("tokens", "supervised", "rows", "slots", "flops")
+        local = [[float(stats[k]) for k in keys] for _, stats in clock.steps]
+        summed = trainer.strategy.reduce(
+            torch.tensor(local, dtype=torch.float64, device=trainer.strategy.root_device), reduce_op="sum"
+        )
+        clock.steps = [(seconds, dict(zip(keys, row))) for (seconds, _), row in zip(clock.steps, summed.tolist())]
     return clock, memory.summary, trainer.world_size if trainer.is_global_zero else -1
