@@ -32,7 +32,6 @@ from workload import (
     WARMUP_BATCHES,
     build,
     host_memory,
-    quant_dtype,
     summarise,
     synthetic_rows,
 )
@@ -80,7 +79,7 @@ def case(args: argparse.Namespace) -> None:
             "attention": args.attention,
             "compile_layers": args.compile,
             "loss_grad_in_forward": args.loss_grad_in_forward,
-            "compute_dtype": args.compute_dtype or quant_dtype(),
+            "compute_dtype": args.compute_dtype or workload.RECIPE["model"]["quantization"]["compute_dtype"],
         }
         result = {
             **summarise(args.system, args.rows, clock, device, WARMUP_BATCHES * args.same_rows_as),
@@ -119,17 +118,17 @@ def merge(args: argparse.Namespace) -> None:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"
     cases = [json.loads(Path(p).read_text()) for p in args.cases if Path(p).is_file()]
     for rows in {c["rows"] for c in cases}:
-        for system, suffix in (("plain-recipe", ""), ("plain-careful", "_vs_careful")):
+        baselines = (  # (system, speedup key, memory key) for each plain baseline
+            ("plain-recipe", "speedup_supervised_tokens_per_s", "memory_ratio_vs_plain"),
+            ("plain-careful", "speedup_supervised_tokens_per_s_vs_careful", "memory_ratio_vs_careful"),
+        )
+        for system, speedup_key, memory_key in baselines:
             base = next((c for c in cases if c["rows"] == rows and c["system"] == system), None)
             for c in cases:
                 if base and c["rows"] == rows and c["system"] == "medqlora":
-                    c[f"speedup_supervised_tokens_per_s{suffix}"] = (
-                        c["supervised_tokens_per_s"] / base["supervised_tokens_per_s"]
-                    )
+                    c[speedup_key] = c["supervised_tokens_per_s"] / base["supervised_tokens_per_s"]
                     if "peak_alloc_gib" in c:
-                        c[f"memory_ratio_vs_{system.removeprefix('plain-').replace('recipe', 'plain')}"] = (
-                            c["peak_alloc_gib"] / base["peak_alloc_gib"]
-                        )
+                        c[memory_key] = c["peak_alloc_gib"] / base["peak_alloc_gib"]
     for c in cases:  # multi-GPU cases against the one-GPU case of the same rows and micro-batch
         single = next(
             (

@@ -106,11 +106,6 @@ def batch_stats(batch: dict) -> dict:
     return {"tokens": tokens, "supervised": supervised, "rows": rows, "slots": labels.numel(), "flops": flops}
 
 
-def quant_dtype() -> str:
-    """The recipe's compute dtype."""
-    return RECIPE["model"]["quantization"]["compute_dtype"]
-
-
 def host_memory() -> dict:
     """This process's host memory (GiB): resident, and proportional (pages shared with other processes, such as a
     PLE table mapped by every rank, counted once in total across them)."""
