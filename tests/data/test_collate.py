@@ -9,6 +9,7 @@ import torch
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
 from medqlora.data.collate import (
+    Collator,
     LengthGroupedBatchSampler,
     PackedRows,
     PackingBatchSampler,
@@ -44,6 +45,21 @@ def test_packed_micro_batches_have_a_fixed_shape_and_a_separate_filler():
     assert batch["input_ids"][1].tolist() == [2, 10, 11, 12, 0, 0, 0, 0]
     assert batch["position_ids"][1].tolist() == [0, 1, 2, 3, 0, 1, 2, 3]  # the filler is its own segment
     assert batch["labels"][1].tolist() == [-100, -100, 11, 12, -100, -100, -100, -100]
+
+
+def test_an_epochs_last_short_micro_batch_gets_filler_rows_so_shapes_never_change():
+    """The epoch's last micro-batch holds fewer packs; a changed batch size would make compiled layers recompile."""
+    lengths = [len(r["input_ids"]) for r in ROWS]
+    sampler = PackingBatchSampler(lengths, pack_tokens=8, seed=0, shuffle=True, rows_per_batch=3)
+    collate, rows = Collator(packed=True, pad_id=0, pack_tokens=8, packed_rows=3), PackedRows(ROWS)
+    (plan,) = list(sampler)  # two packs for a micro-batch of three
+    batch = collate([rows[key] for key in plan])
+    assert batch["input_ids"].shape == batch["labels"].shape == batch["position_ids"].shape == (3, 8)
+    assert batch["input_ids"][2].tolist() == [0] * 8 and batch["position_ids"][2].tolist() == list(range(8))
+    assert (batch["labels"][2] == -100).all()  # nothing to learn from the filler row
+    unfilled = pack_collate([rows[key] for key in plan], width=8, pad_id=0)
+    assert torch.equal(batch["input_ids"][:2], unfilled["input_ids"])
+    assert torch.equal(batch["labels"][:2], unfilled["labels"])
 
 
 def test_pad_collate_pads_right_and_ignores_padding():

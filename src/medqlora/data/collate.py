@@ -173,29 +173,35 @@ def _packed_row(rows: list[dict], width: int | None, pad_id: int) -> tuple[torch
     return ids_t, pos_t, labels_t
 
 
-def pack_collate(rows: list[dict], width: int | None = None, pad_id: int = 0) -> dict[str, torch.Tensor]:
+def pack_collate(
+    rows: list[dict], width: int | None = None, pad_id: int = 0, packed_rows: int | None = None
+) -> dict[str, torch.Tensor]:
     """Concatenate rows into packed rows (one per `slot`, default all in one); position ids restart at 0
     for every sample. With `width`, each packed row is filled to exactly `width` tokens by a separate
-    filler segment, so every micro-batch has the same shape (attention kernels cache plans per shape)."""
+    filler segment, and with `packed_rows` a micro-batch with fewer packs (an epoch's last) gets rows of filler
+    alone, so every micro-batch has one shape: compiled layers then never recompile (a new batch size costs
+    ~50 s of compilation on E2B) and attention kernels keep their plans."""
     slots: dict[int, list[dict]] = {}
     for r in rows:
         slots.setdefault(r.get("slot", 0), []).append(r)
     packed = [_packed_row(group, width, pad_id) for _, group in sorted(slots.items())]
     if width is None and len(packed) > 1:
         raise ValueError("several packed rows need a width to stack them; pass width=pack_tokens")
+    if width is not None and packed_rows is not None:
+        packed += [_packed_row([], width, pad_id) for _ in range(packed_rows - len(packed))]
     ids, positions, labels = (torch.stack(parts) for parts in zip(*packed))
     return {"input_ids": ids, "position_ids": positions, "labels": labels, **_row_ids(rows)}
 
 
 class Collator:
-    """Picklable collate function for DataLoader workers: padded, or packed rows of `pack_tokens`."""
+    """Picklable collate function for DataLoader workers: padded, or `packed_rows` packed rows of `pack_tokens`."""
 
-    def __init__(self, packed: bool, pad_id: int, pack_tokens: int | None = None):
-        self.packed, self.pad_id, self.pack_tokens = packed, pad_id, pack_tokens
+    def __init__(self, packed: bool, pad_id: int, pack_tokens: int | None = None, packed_rows: int | None = None):
+        self.packed, self.pad_id, self.pack_tokens, self.packed_rows = packed, pad_id, pack_tokens, packed_rows
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         if self.packed:
-            return pack_collate(rows, self.pack_tokens, self.pad_id)
+            return pack_collate(rows, self.pack_tokens, self.pad_id, self.packed_rows)
         return pad_collate(rows, self.pad_id)
 
 

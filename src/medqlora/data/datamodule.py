@@ -195,7 +195,7 @@ class MedicalMixDataModule(L.LightningDataModule):
         return cls(
             PackedRows(rows) if self.packing else rows,
             batch_sampler=self.batch_sampler(data, shuffle),
-            collate_fn=Collator(self.packing, self.tokenizer.pad_token_id, self.pack_tokens),
+            collate_fn=Collator(self.packing, self.tokenizer.pad_token_id, self.pack_tokens, self.micro_batch_size),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             generator=torch.Generator().manual_seed(self.seed),  # leaves the global RNG alone
