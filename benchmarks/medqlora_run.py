@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import time
 from pathlib import Path
 
 import torch
 import yaml
+from path_check import PathCheck
 from workload import ACCUMULATE, RECIPE, RECIPE_FILE, TIMED_BATCHES, WARMUP_BATCHES, Clock, batch_stats
 
-CHECKS: dict = {}  # with --compile: the compiled layers against the eager ones on the first batch
+CHECKS: dict = {}  # with --compile or --loss-grad-in-forward: the case's path against today's on the first batch
 
 
 def run_medqlora(
@@ -69,46 +68,6 @@ def run_medqlora(
                     table = profiler.key_averages().table(sort_by=key, row_limit=22, max_name_column_width=60)
                     print(table, flush=True)
 
-    class CompiledCheck(Callback):
-        """Before timing: the first batch's loss and LoRA gradients through the compiled layers and the eager ones
-        (same seed, so the same dropout masks); the compiled pass also pays the compilation, outside the timing."""
-
-        def on_train_start(self, trainer, pl_module):
-            from medqlora.model.compile import eager_layers
-
-            batch = pl_module.on_before_batch_transfer(next(iter(trainer.train_dataloader)), 0)
-            batch = {k: v.to(pl_module.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-            def loss_and_grads(eager: bool) -> tuple[float, dict]:
-                torch.manual_seed(0)
-                pl_module.model.zero_grad(set_to_none=True)
-                with trainer.precision_plugin.train_step_context():
-                    with eager_layers(pl_module.model) if eager else contextlib.nullcontext():
-                        loss = pl_module(dict(batch)).loss
-                loss.backward()
-                params = pl_module.model.named_parameters()
-                return loss.item(), {n: p.grad.float().cpu() for n, p in params if p.requires_grad}
-
-            start = time.perf_counter()
-            compiled_loss, compiled = loss_and_grads(eager=False)
-            CHECKS["first_step_s"] = time.perf_counter() - start
-            eager_loss, eager = loss_and_grads(eager=True)
-            pl_module.model.zero_grad(set_to_none=True)
-            torch.cuda.empty_cache()
-            CHECKS.update(
-                loss_eager=eager_loss,
-                loss_compiled=compiled_loss,
-                loss_abs_diff=abs(compiled_loss - eager_loss),
-                grad_max_abs_diff=max(float((compiled[n] - g).abs().max()) for n, g in eager.items()),
-                grad_max_abs=max(float(g.abs().max()) for g in eager.values()),
-                # over all LoRA gradients at once: a zero-initialised B leaves some tensors with ~zero norm
-                grad_rel_norm_diff=float(
-                    sum(float((compiled[n] - g).pow(2).sum()) for n, g in eager.items()) ** 0.5
-                    / max(sum(float(g.pow(2).sum()) for g in eager.values()) ** 0.5, 1e-30)
-                ),
-            )
-            print(f"compiled vs eager: {CHECKS}", flush=True)
-
     lengths = [len(r["input_ids"]) for r in rows]
     packed = args.layout == "packed"
 
@@ -123,11 +82,18 @@ def run_medqlora(
             return DataLoader(
                 PackedRows(rows) if packed else rows,
                 batch_sampler=sampler,
-                collate_fn=Collator(packed=packed, pad_id=0, pack_tokens=args.pack_tokens),
+                collate_fn=Collator(
+                    packed=packed, pad_id=0, pack_tokens=args.pack_tokens, packed_rows=args.micro_batch
+                ),
             )
 
     memory = PeakMemory(every_n_steps=1)
-    first = [CompiledCheck()] if args.compile else []  # before PeakMemory, which resets the peak at train start
+    # before PeakMemory, which resets the peak at train start
+    first = (
+        [PathCheck(CHECKS, args.loss_grad_in_forward, WARMUP_BATCHES)]
+        if args.compile or args.loss_grad_in_forward
+        else []
+    )
     extra = []
     if args.trace:
         from where_memory import MemoryTrace

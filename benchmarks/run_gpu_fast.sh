@@ -1,40 +1,55 @@
 #!/usr/bin/env bash
-# Lean and fast on one GPU (issue #16), one device call on a 2-GPU machine (nvidia-h100-x2):
-#   bash benchmarks/run_gpu_fast.sh
-# GPU 0, one after another: the plain recipe written carefully (the ratios' baseline), medqlora today (eager,
-# 2 x 2048), the same with the loss gradient taken in forward, and medqlora with compiled decoder layers at
-# 2 x 2048 with the process capped to 6 GiB of the GPU.
-# GPU 1 beside it: the literal plain recipe, compiled layers at 8 x 2048 (the candidate for a 12 GiB card), and the
-# compiled-vs-eager check in fp32, where bf16 rounding cannot hide a difference.
-# Compiled cases first check loss and LoRA gradients against the eager layers on their first batch (JSON:
-# compiled_vs_eager). Every case reports MFU (benchmarks/flops.py).
+# Lean and fast on one GPU (issue #16): every case one after another on one idle GPU (nvidia-h100-x1), in two
+# device calls on the same warm machine (the checkpoint and inductor's cache stay in /tmp between them):
+#   PART=a bash benchmarks/run_gpu_fast.sh   # the ratio cases: plain-careful, eager and compiled 2 x 2048
+#   PART=b bash benchmarks/run_gpu_fast.sh   # compiled 8 x 2048 under a 12 GiB cap, the new paths against today's
+#                                            # in fp32, and who holds the peak of compiled 2 x 2048
+# ONLY="name ..." runs just the named cases of a part.
+# then merge both parts' case files here (bench_train.py merge). Cases run alone: a compilation beside a CPU-bound
+# case slowed it by a third in an earlier run (docs/benchmarks.md, run 17).
+# Cases with a new path first check loss and LoRA gradients against today's path on their first batch (JSON:
+# vs_today, with the graph counts before and after the timed steps). Every case reports MFU.
 set -u
 source "$(dirname "$0")/gpu_env.sh"
-export BENCH_TIMED=${BENCH_TIMED:-12} TORCHINDUCTOR_COMPILE_THREADS=${TORCHINDUCTOR_COMPILE_THREADS:-8}
+CASES=$OUT/cases LOGS=/tmp/bench-logs; mkdir -p "$CASES" "$LOGS"  # cases under $OUT: a call cut off still returns them
+export BENCH_TIMED=${BENCH_TIMED:-12} TORCHINDUCTOR_COMPILE_THREADS=${TORCHINDUCTOR_COMPILE_THREADS:-16}
 export TORCH_LOGS=${TORCH_LOGS:-recompiles}  # a recompile inside the timed steps shows in the log
-case_() {  # case_ GPU TIMEOUT NAME ARGS...
-  local gpu=$1 t=$2 name=$3; shift 3
-  echo "== $name (GPU $gpu)"
-  CUDA_VISIBLE_DEVICES=$gpu timeout "$t" python3 benchmarks/bench_train.py case --model "$CKPT" --rows real-lengths \
-    --json "$CASES/$name.json" "$@" 2>&1 | grep -v "it/s\]$" | grep -v "^trace" | tail -n 3
+DEADLINE=$((SECONDS + ${BUDGET_S:-560}))  # no case runs past this
+EXPANDABLE=expandable_segments:True  # the capped cases: segments grow in place instead of fragmenting
+case_() {  # case_ TIMEOUT NAME ARGS...: output to a file, so compile workers a timeout orphans cannot hold a pipe
+  local t=$1 name=$2 left=$((DEADLINE - SECONDS)); shift 2
+  [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]] && return  # ONLY="name ...": just these cases
+  (( t > left )) && t=$left
+  (( t < 30 )) && { echo "== $name skipped: ${left}s left"; return; }
+  echo "== $name (${t}s at most, from ${SECONDS}s)"
+  timeout -k 5 "$t" python3 benchmarks/bench_train.py case --model "$CKPT" --rows real-lengths \
+    --json "$CASES/$name.json" "$@" > "$LOGS/$name.log" 2>&1
+  echo "   rc $? at ${SECONDS}s"; grep -v "it/s\]$" "$LOGS/$name.log" | grep -v "^trace" | tail -n 3 | cut -c1-1500
 }
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   build_checkpoint
-  {
-    case_ 1 120 plain-recipe --system plain-recipe --label "plain recipe, literal (GPU 1)"
-    case_ 1 330 compiled-8x2048 --system medqlora --compile --micro-batch 8 --memory-cap-gib 12 \
-      --label "medqlora 8 x 2048, compiled layers, capped at 12 GiB (GPU 1)"
-    BENCH_TIMED=2 case_ 1 300 check-fp32 --system medqlora --compile --compute-dtype float32 \
-      --label "compiled vs eager in fp32 (GPU 1; the timing is not a result)"
-  } > "$OUT/gpu1.log" 2>&1 &
-  case_ 0 120 plain-careful --system plain-careful --label "plain recipe, careful"
-  case_ 0 120 eager-2x2048 --system medqlora --label "medqlora 2 x 2048 (eager, today)"
-  case_ 0 120 eager-2x2048-gradfwd --system medqlora --loss-grad-in-forward \
-    --label "medqlora 2 x 2048, loss gradient in forward"
-  case_ 0 330 compiled-2x2048-cap6 --system medqlora --compile --memory-cap-gib 6 \
-    --label "medqlora 2 x 2048, compiled layers, capped at 6 GiB"
-  wait
-  cat "$OUT/gpu1.log"
-  python3 benchmarks/bench_train.py merge "$CASES"/*.json --out "$OUT/result.json" --command "bash benchmarks/run_gpu_fast.sh"
-} 2>&1 | tee "$OUT/bench-fast.log"
+  if [ "${PART:-a}" = a ]; then
+    case_ 100 eager-2x2048 --system medqlora --label "medqlora 2 x 2048 (eager, today)"
+    PYTORCH_CUDA_ALLOC_CONF=$EXPANDABLE case_ 200 compiled-2x2048-gradfwd-cap6 --system medqlora --compile \
+      --loss-grad-in-forward --memory-cap-gib 6 \
+      --label "medqlora 2 x 2048, compiled layers + loss gradient in forward, capped at 6 GiB"
+    case_ 100 plain-careful --system plain-careful --label "plain recipe, careful"
+    PYTORCH_CUDA_ALLOC_CONF=$EXPANDABLE case_ 100 eager-2x2048-expandable --system medqlora \
+      --label "medqlora 2 x 2048 (eager, today) with expandable segments"
+  else
+    PYTORCH_CUDA_ALLOC_CONF=$EXPANDABLE case_ 200 compiled-8x2048-gradfwd-cap12 --system medqlora --compile \
+      --loss-grad-in-forward --micro-batch 8 --memory-cap-gib 12 \
+      --label "medqlora 8 x 2048, compiled layers + loss gradient in forward, capped at 12 GiB"
+    BENCH_TIMED=2 case_ 200 check-fp32 --system medqlora --compile --loss-grad-in-forward \
+      --compute-dtype float32 --label "compiled layers + loss gradient in forward vs today in fp32 (timing not a result)"
+    BENCH_TIMED=2 case_ 200 check-fp32-math --system medqlora --compile --loss-grad-in-forward \
+      --compute-dtype float32 --sdpa-math --label "the same check, SDPA's math backend on both paths"
+    BENCH_TIMED=2 case_ 100 check-fp32-gradfwd --system medqlora --loss-grad-in-forward --compute-dtype float32 \
+      --label "loss gradient in forward vs today in fp32 (the timing is not a result)"
+    PYTORCH_CUDA_ALLOC_CONF=$EXPANDABLE BENCH_TIMED=2 case_ 150 memory-compiled-2x2048 --system medqlora \
+      --compile --loss-grad-in-forward --memory-report "$OUT/memory-compiled-2x2048.json" \
+      --label "who holds the peak of compiled 2 x 2048 (the timing is not a result)"
+  fi
+  tar -czf "$OUT/logs-${PART:-a}.tgz" -C "$LOGS" .  # every case's full log (recompiles), one file (8 come back)
+} 2>&1 | tee "$OUT/bench-fast-${PART:-a}.log"

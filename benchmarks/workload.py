@@ -138,4 +138,7 @@ def summarise(system: str, kind: str, clock: Clock, device: torch.device, warmup
     if device.type == "cuda":
         case["peak_alloc_gib"] = torch.cuda.max_memory_allocated(device) / GIB
         case["peak_reserved_gib"] = torch.cuda.max_memory_reserved(device) / GIB
+        stats = torch.cuda.memory_stats(device)  # retries: the allocator freed its cache to fit (slow steps)
+        case["alloc_retries"], case["cuda_ooms"] = stats["num_alloc_retries"], stats["num_ooms"]
+        case["allocator"] = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")
     return case

@@ -1,0 +1,119 @@
+"""A new training path against today's, on the benchmark's first batch, before timing (issue #16's correctness check).
+
+The case's path (compiled layers and/or the loss gradient in forward) and today's (eager layers, recomputing loss)
+each run the first batch forward and backward with the same seed; the JSON gets their loss and LoRA-gradient
+differences next to two floors measured on today's path alone:
+- rounding floor: the loss scaled by 1 + 2^-10 before backward and the gradients scaled back, which changes only how
+  backward rounds;
+- nudged: the token embeddings scaled by 1 + 2^-22 (a few float32 ulps), how far a rounding-sized change in the
+  forward moves loss and gradients; random-weight models amplify it layer by layer.
+LoRA dropout is off for the check: on CUDA a compiled graph draws its masks with `rand_like` (inductor's
+decomposition) and eager with the fused dropout kernel, so with dropout on the two paths train on different, equally
+random, masks. The first pass also pays any compilation, outside the timing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+
+import torch
+from lightning.pytorch.callbacks import Callback
+
+NUDGE, LOSS_SCALE = 2**-22, 1 + 2**-10
+
+
+def rel_norm_diff(a: dict, b: dict) -> float:
+    """|a - b| / |b| over all LoRA gradients at once: a zero-initialised B leaves some tensors with ~zero norm."""
+    diff = sum(float((a[n] - g).pow(2).sum()) for n, g in b.items()) ** 0.5
+    return diff / max(sum(float(g.pow(2).sum()) for g in b.values()) ** 0.5, 1e-30)
+
+
+def by_group(a: dict, b: dict, group: Callable[[str], object], contains: str = "") -> dict:
+    """rel_norm_diff per group of parameters (rounded), e.g. per layer or per projection."""
+    groups: dict = {}
+    for name in b:
+        if contains in name:
+            groups.setdefault(group(name), []).append(name)
+    return {k: round(rel_norm_diff(a, {n: b[n] for n in names}), 6) for k, names in sorted(groups.items())}
+
+
+def layer_of(name: str) -> int:
+    return int(name.split(".layers.")[1].split(".")[0])
+
+
+def projection_of(name: str) -> str:
+    return name.split(".lora_")[0].rsplit(".", 1)[1]
+
+
+class PathCheck(Callback):
+    """Writes the comparison into `results` at train start, and the graphs compiled before and after the timed steps
+    (`graphs_before_timing` < `graphs_after_timing` means a recompile inside the timing)."""
+
+    def __init__(self, results: dict, loss_grad_in_forward: bool, warmup_batches: int):
+        self.results, self.loss_grad_in_forward, self.warmup_batches = results, loss_grad_in_forward, warmup_batches
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        from medqlora.model.compile import decoder_layers, eager_layers
+
+        batch = pl_module.on_before_batch_transfer(next(iter(trainer.train_dataloader)), 0)
+        batch = {k: v.to(pl_module.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        model, lean = pl_module.model, pl_module.lean
+
+        def loss_and_grads(today: bool, scale: float = 1.0, nudge: float = 0.0) -> tuple[float, dict]:
+            torch.manual_seed(0)
+            model.zero_grad(set_to_none=True)
+            lean.loss_grad_in_forward = self.loss_grad_in_forward and not today
+            embed = model.get_input_embeddings()
+            hook = embed.register_forward_hook(lambda m, i, out: out * (1 + nudge)) if nudge else None
+            with trainer.precision_plugin.train_step_context():
+                with eager_layers(model) if today else contextlib.nullcontext():
+                    loss = pl_module(dict(batch)).loss
+            if hook:
+                hook.remove()
+            (loss * scale).backward()
+            lean.loss_grad_in_forward = self.loss_grad_in_forward
+            return loss.item(), {
+                n: p.grad.float().cpu() / scale for n, p in model.named_parameters() if p.requires_grad
+            }
+
+        dropouts = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+        rates = [m.p for m in dropouts]
+        for m in dropouts:
+            m.p = 0.0  # a new graph per layer variant for the check (dropout's rate is a constant in the graph)
+        start = time.perf_counter()
+        path_loss, path = loss_and_grads(today=False)
+        self.results["first_step_s"] = time.perf_counter() - start
+        today_loss, today = loss_and_grads(today=True)
+        _, floor = loss_and_grads(today=True, scale=LOSS_SCALE)
+        nudged_loss, nudged = loss_and_grads(today=True, nudge=NUDGE)
+        for m, rate in zip(dropouts, rates):
+            m.p = rate
+        model.zero_grad(set_to_none=True)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        last = f".layers.{len(decoder_layers(model)) - 1}."
+        self.results.update(
+            loss_today=today_loss,
+            loss_this_path=path_loss,
+            loss_abs_diff=abs(path_loss - today_loss),
+            grad_max_abs_diff=max(float((path[n] - g).abs().max()) for n, g in today.items()),
+            grad_max_abs=max(float(g.abs().max()) for g in today.values()),
+            grad_rel_norm_diff=rel_norm_diff(path, today),
+            rounding_floor_grad_rel_norm_diff=rel_norm_diff(floor, today),
+            nudged_loss_abs_diff=abs(nudged_loss - today_loss),
+            nudged_grad_rel_norm_diff=rel_norm_diff(nudged, today),
+            # where a difference starts: backward runs from the last layer down
+            grad_rel_diff_by_layer=by_group(path, today, layer_of),
+            grad_rel_diff_last_layer=by_group(path, today, projection_of, last),
+        )
+        print(f"this path vs today's: {self.results}", flush=True)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if batch_idx in (self.warmup_batches - 1, trainer.num_training_batches - 1):
+            from torch._dynamo.utils import counters
+
+            key = "graphs_before_timing" if batch_idx == self.warmup_batches - 1 else "graphs_after_timing"
+            self.results[key] = counters["stats"]["unique_graphs"]
+            self.results["graph_breaks"] = sum(counters["graph_break"].values())
