@@ -103,3 +103,22 @@ def test_a_signal_saves_at_the_step_boundary_and_the_resume_is_exact(uninterrupt
     _fit(tmp_path, "--ckpt_path", str(checkpoint))
     expected, resumed = _adapter(uninterrupted), _adapter(tmp_path)
     assert all((expected[k] == resumed[k]).all() for k in expected)
+
+
+LEAN = ["--model.lean.compile_layers", "true", "--model.lean.loss_grad_in_forward", "true"]
+
+
+@pytest.mark.faults
+def test_resume_is_exact_with_compiled_layers_and_the_loss_gradient_in_forward(tmp_path_factory):
+    """The two speed switches (candidates for the recipe's default): compiled layers draw dropout from eager's random
+    stream, which the checkpoint restores, so a resumed run still ends bit-identical."""
+    reference, workdir = tmp_path_factory.mktemp("lean-uninterrupted"), tmp_path_factory.mktemp("lean-resumed")
+    _fit(reference, *LEAN)
+    killer = "--trainer.callbacks+=faults_helpers.KillAtBatch --trainer.callbacks.batch=7"
+    _fit(workdir, *LEAN, *killer.split(), expect_kill=True)
+    _fit(workdir, *LEAN, "--ckpt_path", "ckpt/last.ckpt")
+    expected, resumed = _adapter(reference), _adapter(workdir)
+    different = [k for k in expected if not (expected[k] == resumed[k]).all()]
+    assert not different, f"{len(different)} adapter tensors differ, e.g. {different[:2]}"
+    logged = _losses(workdir)
+    assert logged and all(_losses(reference)[step] == loss for step, loss in logged.items())
