@@ -4,7 +4,7 @@
 #   PART=a bash benchmarks/run_gpu_fast.sh   # the ratio cases: plain-careful, eager and compiled 2 x 2048
 #   PART=b bash benchmarks/run_gpu_fast.sh   # compiled 8 x 2048 under a 12 GiB cap, the new paths against today's
 #                                            # in fp32, and who holds the peak of compiled 2 x 2048
-# ONLY="name ..." runs just the named cases of a part.
+# ONLY="name ..." runs just the named cases of a part (all of part b takes two calls of 560 s).
 # then merge both parts' case files here (bench_train.py merge). Cases run alone: a compilation beside a CPU-bound
 # case slowed it by a third in an earlier run (docs/benchmarks.md, run 17).
 # Cases with a new path first check loss and LoRA gradients against today's path on their first batch (JSON:
