@@ -104,10 +104,15 @@ def case(args: argparse.Namespace) -> None:
         result["vs_today"] = medqlora_run.CHECKS  # loss and LoRA gradients against eager layers, recomputing loss
     if args.label:
         result["label"] = args.label
-    result["gpu"] = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    result["gpu"] = device_name(device)
     result["versions"] = package_versions()  # merge takes both from the cases: it may run on another machine
     Path(args.json).write_text(json.dumps(result, indent=2))
     print(json.dumps(result), flush=True)
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or this machine's processor."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
 
 
 def package_versions() -> dict[str, str | None]:
@@ -126,9 +131,9 @@ def package_versions() -> dict[str, str | None]:
 def merge(args: argparse.Namespace) -> None:
     """Combine case files into one result file with the GPU, versions (the first case's) and command."""
     cases = [json.loads(Path(p).read_text()) for p in args.cases if Path(p).is_file()]
-    gpus = [c.pop("gpu", None) for c in cases]
-    versions = [c.pop("versions", None) for c in cases]
-    gpu, versions = (gpus or [None])[0] or platform.processor() or "cpu", (versions or [None])[0] or package_versions()
+    measured = [(c.pop("gpu", None), c.pop("versions", None)) for c in cases]  # one machine made them all
+    here = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # case files of before they recorded it
+    gpu, versions = measured[0] if measured and measured[0][0] else (device_name(here), package_versions())
     for rows in {c["rows"] for c in cases}:
         baselines = (  # (system, speedup key, memory key) for each plain baseline
             ("plain-recipe", "speedup_supervised_tokens_per_s", "memory_ratio_vs_plain"),
