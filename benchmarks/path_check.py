@@ -5,8 +5,9 @@ each run the first batch forward and backward with the same seed; the JSON gets 
 differences next to two floors measured on today's path alone:
 - rounding floor: the loss scaled by 1 + 2^-10 before backward and the gradients scaled back, which changes only how
   backward rounds;
-- nudged: the token embeddings scaled by 1 + 2^-22 (a few float32 ulps), how far a rounding-sized change in the
-  forward moves loss and gradients; random-weight models amplify it layer by layer.
+- nudged: the token embeddings scaled by 1 + 2 eps of their dtype (2^-22 in float32, 2^-6 in bfloat16: a couple of
+  ulps), how far a rounding-sized change in the forward moves loss and gradients; random-weight models amplify it
+  layer by layer.
 LoRA dropout is off for the check: on CUDA a compiled graph draws its masks with `rand_like` (inductor's
 decomposition) and eager with the fused dropout kernel, so with dropout on the two paths train on different, equally
 random, masks. The first pass also pays any compilation, outside the timing.
@@ -21,7 +22,7 @@ from collections.abc import Callable
 import torch
 from lightning.pytorch.callbacks import Callback
 
-NUDGE, LOSS_SCALE = 2**-22, 1 + 2**-10
+NUDGE_ULPS, LOSS_SCALE = 2, 1 + 2**-10
 
 
 def rel_norm_diff(a: dict, b: dict) -> float:
@@ -61,12 +62,15 @@ class PathCheck(Callback):
         batch = {k: v.to(pl_module.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         model, lean = pl_module.model, pl_module.lean
 
-        def loss_and_grads(today: bool, scale: float = 1.0, nudge: float = 0.0) -> tuple[float, dict]:
+        def nudged(module, inputs, out: torch.Tensor) -> torch.Tensor:
+            return out * (1 + NUDGE_ULPS * torch.finfo(out.dtype).eps)
+
+        def loss_and_grads(today: bool, scale: float = 1.0, nudge: bool = False) -> tuple[float, dict]:
             torch.manual_seed(0)
             model.zero_grad(set_to_none=True)
             lean.loss_grad_in_forward = self.loss_grad_in_forward and not today
             embed = model.get_input_embeddings()
-            hook = embed.register_forward_hook(lambda m, i, out: out * (1 + nudge)) if nudge else None
+            hook = embed.register_forward_hook(nudged) if nudge else None
             with trainer.precision_plugin.train_step_context():
                 with eager_layers(model) if today else contextlib.nullcontext():
                     loss = pl_module(dict(batch)).loss
@@ -87,7 +91,7 @@ class PathCheck(Callback):
         self.results["first_step_s"] = time.perf_counter() - start
         today_loss, today = loss_and_grads(today=True)
         _, floor = loss_and_grads(today=True, scale=LOSS_SCALE)
-        nudged_loss, nudged = loss_and_grads(today=True, nudge=NUDGE)
+        nudged_loss, nudged_grads = loss_and_grads(today=True, nudge=True)
         for m, rate in zip(dropouts, rates):
             m.p = rate
         model.zero_grad(set_to_none=True)
@@ -103,7 +107,7 @@ class PathCheck(Callback):
             grad_rel_norm_diff=rel_norm_diff(path, today),
             rounding_floor_grad_rel_norm_diff=rel_norm_diff(floor, today),
             nudged_loss_abs_diff=abs(nudged_loss - today_loss),
-            nudged_grad_rel_norm_diff=rel_norm_diff(nudged, today),
+            nudged_grad_rel_norm_diff=rel_norm_diff(nudged_grads, today),
             # where a difference starts: backward runs from the last layer down
             grad_rel_diff_by_layer=by_group(path, today, layer_of),
             grad_rel_diff_last_layer=by_group(path, today, projection_of, last),

@@ -43,6 +43,7 @@ def _fit(
     *extra: str,
     expect_code: int = 0,
     env: dict[str, str] | None = None,
+    switches: list[str] | None = None,
 ) -> dict[str, torch.Tensor]:
     workdir.mkdir(exist_ok=True)
     checkpointing = ["--trainer.enable_checkpointing", "false"] if not extra else []
@@ -69,6 +70,7 @@ def _fit(
         "--trainer.precision",
         "32-true",
         *extra,
+        *(switches or []),
     ]
     if devices > 1:
         cmd += ["--trainer.strategy", "ddp"]
@@ -84,10 +86,15 @@ def _fit(
     return load_file(adapters[-1])
 
 
+# the recipe's speed switches (configs/gemma4-e2b-medical.yaml), which configs/ddp.yaml layers over
+RECIPE_SWITCHES = ["--model.lean.compile_layers", "true", "--model.lean.loss_grad_in_forward", "true"]
+
+
 @pytest.mark.faults
-def test_two_rank_ddp_equals_one_rank_with_twice_the_accumulation(tmp_path):
-    ddp = _fit(tmp_path / "ddp", devices=2, accumulate=1)
-    single = _fit(tmp_path / "single", devices=1, accumulate=2)
+@pytest.mark.parametrize("switches", [[], RECIPE_SWITCHES], ids=["default", "recipe-switches"])
+def test_two_rank_ddp_equals_one_rank_with_twice_the_accumulation(tmp_path, switches):
+    ddp = _fit(tmp_path / "ddp", devices=2, accumulate=1, switches=switches)
+    single = _fit(tmp_path / "single", devices=1, accumulate=2, switches=switches)
     assert ddp.keys() == single.keys() and any("lora_B" in k for k in ddp)
     moved = [k for k in ddp if "lora_B" in k and ddp[k].abs().max() > 0]
     assert moved, "the adapter trained"

@@ -67,3 +67,16 @@ def test_compile_layers_refused_under_fsdp(monkeypatch):
     module._trainer = object()
     with pytest.raises(ValueError, match=r"model\.lean\.compile_layers=true .*FSDP.*configs/ddp\.yaml"):
         module.configure_model()
+
+
+def test_compile_layers_without_a_compiler_says_which_to_install(monkeypatch):
+    """torch.compile needs a C/C++ compiler; without one the run stops before loading, naming it and the way out."""
+    import medqlora.model.compile as compile_file
+    from medqlora.model.module import QLoRAModule
+
+    monkeypatch.setattr(compile_file.shutil, "which", lambda name: None)
+    module = QLoRAModule("tiny", lean=LeanSpec(compile_layers=True))
+    with pytest.raises(ValueError, match=r"compile_layers=true needs a compiler .* on cpu .*\(g\+\+: apt install"):
+        module.configure_model()
+    assert module.model is None
+    assert compile_file.missing_compiler("cuda") == "gcc"

@@ -15,6 +15,8 @@ compiled step draws the masks an eager one draws, so loss and gradients can be c
 from __future__ import annotations
 
 import inspect
+import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -37,6 +39,16 @@ class CompiledLayerForward:
         if self.checkpointing and self.layer.training and torch.is_grad_enabled():
             return checkpoint(partial(fn, self.layer, **kwargs), *args, use_reentrant=False)
         return fn(self.layer, *args, **kwargs)
+
+
+def missing_compiler(device_type: str) -> str | None:
+    """The compiler `torch.compile` needs for `device_type` when none is on PATH, else None: Triton builds its GPU
+    kernel launchers with a C compiler, inductor's CPU kernels are C++."""
+    if device_type == "cuda":
+        wanted, names = "gcc", [os.environ.get("CC"), "cc", "gcc", "clang"]
+    else:
+        wanted, names = "g++", [os.environ.get("CXX"), "g++", "clang++"]
+    return None if any(name and shutil.which(name) for name in names) else wanted
 
 
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:

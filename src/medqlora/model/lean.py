@@ -25,11 +25,12 @@ class LeanSpec:
         attention: transformers' attention implementation, `sdpa` or `eager` (slow; for debugging); packed
             rows get their block-diagonal mask from the position ids either way.
         loss_grad_in_forward: compute each loss chunk's gradient while its logits exist instead of recomputing
-            them in backward (saves a third of the LM head's work and 0.1 GiB at 2 x 2048; model/loss.py).
+            them in backward (saves a third of the LM head's work and 0.1 GiB at 2 x 2048; model/loss.py). On in
+            the recipe's config; off here, since a trainable LM head refuses it.
         compile_layers: run each decoder layer through one `torch.compile`d forward (model/compile.py): fuses the
             elementwise work whose kernel launches bound the step at small micro-batches (with
             loss_grad_in_forward, 1.92x at 2 x 2048 on an H100); about a minute of compilation at the first step.
-            Off until its GPU gradient check is complete (docs/benchmarks.md). Not with FSDP.
+            On in the recipe's config; off here because on a CPU compiling costs more than it saves. Not with FSDP.
     """
 
     chunked_loss: bool = True

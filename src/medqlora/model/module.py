@@ -17,7 +17,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from medqlora.hub import load_config
-from medqlora.model.compile import compile_decoder_layers
+from medqlora.model.compile import compile_decoder_layers, missing_compiler
 from medqlora.model.distributed import clean_name, is_fsdp
 from medqlora.model.host_embedding import HostEmbedding, share_across_local_ranks
 from medqlora.model.lean import LeanSpec
@@ -112,6 +112,12 @@ class QLoRAModule(L.LightningModule):
                 "configs/fsdp.yaml does"
             )
         device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
+        compiler = missing_compiler(device.type) if self.lean.compile_layers else None
+        if compiler:  # fail before minutes of loading, not at the first step
+            raise ValueError(
+                f"model.lean.compile_layers=true needs a compiler for torch.compile on {device.type} and none is on "
+                f"PATH; install one ({compiler}: apt install build-essential) or set model.lean.compile_layers=false"
+            )
         base = load_base_model(
             self.name_or_path,
             self.quant,
