@@ -63,3 +63,25 @@ def test_stop_policy_names_the_step_and_the_fix(tmp_path):
 def test_bad_policy_is_refused():
     with pytest.raises(ValueError, match="NonFiniteGuard.policy='ignore'"):
         NonFiniteGuard(policy="ignore")
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")])
+def test_one_bad_element_in_one_tensor_is_caught(bad):
+    from types import SimpleNamespace
+
+    params = [torch.nn.Parameter(torch.zeros(n)) for n in (8, 4096, 3)]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    params[1].grad[1234] = bad
+    optimizer = torch.optim.SGD(params, lr=0.1)
+    trainer = SimpleNamespace(checkpoint_callback=None, global_step=5, current_epoch=0)
+    logged = {}
+    module = SimpleNamespace(log=lambda name, value, **kw: logged.update({name: value}))
+    guard = NonFiniteGuard(policy="skip")
+    guard.on_before_optimizer_step(trainer, module, optimizer)
+    assert guard.skipped == 1 and logged == {"nonfinite/skipped": 1.0}
+    assert all(p.grad is None for p in params)
+    for p in params:  # all finite: the step goes ahead untouched
+        p.grad = torch.randn_like(p)
+    guard.on_before_optimizer_step(trainer, module, optimizer)
+    assert guard.skipped == 1 and all(p.grad is not None for p in params)

@@ -8,7 +8,6 @@ weights a checkpoint holds (the adapter only, never the frozen 4-bit base).
 from __future__ import annotations
 
 import random
-from typing import Literal
 
 import lightning as L
 import torch
@@ -24,8 +23,7 @@ from medqlora.model.lean import LeanSpec
 from medqlora.model.loading import QuantSpec, load_base_model
 from medqlora.model.lora import LoraSpec, apply_lora, trainable_summary
 from medqlora.model.loss import LossOutput, chunked_lm_loss, full_logits_loss
-
-Optimizer = Literal["adamw_8bit", "paged_adamw_8bit", "adamw"]
+from medqlora.model.optimizer import Optimizer, build_optimizer
 
 
 def drop_right_padding_mask(batch: dict) -> dict:
@@ -222,15 +220,10 @@ class QLoRAModule(L.LightningModule):
 
     # -- optimizer and checkpoints --------------------------------------------------------------------
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        """AdamW over the adapter's weights; the lr schedule is the CosineWarmup callback's job."""
+        """AdamW over the adapter's weights (model/optimizer.py); the lr schedule is the CosineWarmup callback's."""
         params = [p for p in self.parameters() if p.requires_grad]
-        kwargs = {"lr": self.hparams.lr, "betas": tuple(self.hparams.betas), "weight_decay": self.hparams.weight_decay}
-        if self.optimizer_name == "adamw":
-            return torch.optim.AdamW(params, **kwargs)
-        import bitsandbytes as bnb
-
-        cls = bnb.optim.PagedAdamW8bit if self.optimizer_name == "paged_adamw_8bit" else bnb.optim.AdamW8bit
-        return cls(params, **kwargs)
+        hp = self.hparams
+        return build_optimizer(params, self.optimizer_name, hp.lr, hp.betas, hp.weight_decay)
 
     def trainable_names(self) -> set[str]:
         """State-dict names of the adapter's weights (FSDP's wrapper prefixes removed)."""
