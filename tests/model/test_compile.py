@@ -80,3 +80,24 @@ def test_compile_layers_without_a_compiler_says_which_to_install(monkeypatch):
         module.configure_model()
     assert module.model is None
     assert compile_file.missing_compiler("cuda") == "gcc"
+
+
+def test_rows_of_one_sample_each_reuse_the_packed_graphs(tokenizer):
+    """transformers gives full-attention layers no mask when every row holds one sample: the compiled layers get the
+    equivalent causal mask instead, so no second set of graphs compiles mid-epoch, and loss and gradients stay
+    eager's."""
+    torch._dynamo.reset()
+    counters.clear()
+    module = _module(0.0)
+    packed = packed_batch(tokenizer)
+    _seeded(module, packed)
+    graphs = counters["stats"]["unique_graphs"]
+    length = packed["input_ids"].shape[1]
+    single = dict(packed, position_ids=torch.arange(length).repeat(packed["input_ids"].shape[0], 1))
+    loss, grads = _seeded(module, single)
+    assert counters["stats"]["unique_graphs"] == graphs
+    with eager_layers(module.model):
+        eager_loss, eager_grads = _seeded(module, single)
+    assert abs(loss.item() - eager_loss.item()) <= 1e-5 * abs(eager_loss.item())
+    for name, grad in eager_grads.items():
+        assert (grads[name] - grad).norm() <= 1e-4 * grad.norm() + 1e-8, name
