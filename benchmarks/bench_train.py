@@ -24,6 +24,7 @@ from flops import FlopModel
 from medqlora_run import run_medqlora
 from plain_loop import run_plain
 from workload import (
+    ACCUMULATE,
     GIB,
     LORA,
     MAX_LEN,
@@ -74,6 +75,7 @@ def case(args: argparse.Namespace) -> None:
             "devices": world,
             "layout": args.layout,
             "micro_batch": args.micro_batch,
+            "accumulate": args.accumulate,
             "pack_tokens": args.pack_tokens if args.layout == "packed" else None,
             "ple_on_host": not args.ple_on_gpu,
             "ple_shared": not args.ple_private,
@@ -100,6 +102,8 @@ def case(args: argparse.Namespace) -> None:
                 result["mfu"] /= world  # of each GPU's peak
     if args.memory_cap_gib:
         result["memory_cap_gib"] = args.memory_cap_gib
+    if medqlora_run.PROFILE:
+        result.update(medqlora_run.PROFILE)
     if medqlora_run.CHECKS:
         result["vs_today"] = medqlora_run.CHECKS  # loss and LoRA gradients against eager layers, recomputing loss
     if args.label:
@@ -184,6 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--layout", choices=["packed", "padded"], default="packed", help="medqlora only")
     c.add_argument("--pack-tokens", type=int, default=MAX_LEN, help="medqlora only: length of a packed row")
     c.add_argument("--micro-batch", type=int, default=MICRO_BATCH, help="medqlora only: (packed) rows per step")
+    c.add_argument("--accumulate", type=int, default=ACCUMULATE, help="medqlora only: micro-batches per optimizer step")
     c.add_argument("--loss-chunk", type=int, default=256, help="medqlora only: positions per loss chunk")
     c.add_argument("--ple-on-gpu", action="store_true", help="medqlora only: PLE table on the GPU")
     c.add_argument("--ple-private", action="store_true", help="medqlora only: one PLE host copy per rank")

@@ -9,9 +9,10 @@ from pathlib import Path
 import torch
 import yaml
 from path_check import PathCheck
-from workload import ACCUMULATE, RECIPE, RECIPE_FILE, TIMED_BATCHES, WARMUP_BATCHES, Clock, batch_stats
+from workload import RECIPE, RECIPE_FILE, TIMED_BATCHES, WARMUP_BATCHES, Clock, batch_stats
 
 CHECKS: dict = {}  # with --compile or --loss-grad-in-forward: the case's path against today's on the first batch
+PROFILE: dict = {}  # with --profile on a GPU: where the GPU waited during the profiled micro-batches (gpu_gaps.py)
 
 
 def run_medqlora(
@@ -67,6 +68,13 @@ def run_medqlora(
                 for key in ("cuda_time_total", "self_cpu_time_total"):
                     table = profiler.key_averages().table(sort_by=key, row_limit=22, max_name_column_width=60)
                     print(table, flush=True)
+                if torch.cuda.is_available():
+                    from gpu_gaps import idle_report
+
+                    trace = Path("/tmp/medqlora-profile-trace.json")
+                    profiler.export_chrome_trace(str(trace))
+                    PROFILE["gpu_idle"] = idle_report(trace)
+                    print(json.dumps(PROFILE["gpu_idle"], indent=1), flush=True)
 
     lengths = [len(r["input_ids"]) for r in rows]
     packed = args.layout == "packed"
@@ -125,7 +133,7 @@ def run_medqlora(
         enable_model_summary=False,
         callbacks=[
             *first,
-            GradientAccumulation(ACCUMULATE),
+            GradientAccumulation(args.accumulate),
             CosineWarmup(RECIPE["warmup_ratio"]),
             memory,
             Tick(),

@@ -4,6 +4,13 @@
 #   PART=a bash benchmarks/run_gpu_fast.sh   # the ratio cases: plain-careful, eager and compiled 2 x 2048
 #   PART=b bash benchmarks/run_gpu_fast.sh   # compiled 8 x 2048 under a 12 GiB cap, the new paths against today's
 #                                            # in fp32, and who holds the peak of compiled 2 x 2048
+#   PART=c bash benchmarks/run_gpu_fast.sh   # run 23: the optimizer step alone, then compiled 2 x 2304 at
+#                                            # accumulation 7, compiled and eager 2 x 2048 (16 timed steps each,
+#                                            # so every case times whole accumulation windows)
+#   PART=d bash benchmarks/run_gpu_fast.sh   # run 24, the table: the recipe's default (compiled) and eager 2 x 2048
+#                                            # over 48 micro-batches (6 optimizer steps), plain-careful over 24
+#   PART=e bash benchmarks/run_gpu_fast.sh   # run 25: where the compiled 2 x 2048 step leaves the GPU idle
+#                                            # (profiler trace, gpu_gaps.py), and compiled 8 x 2048 under 12 GiB
 # ONLY="name ..." runs just the named cases of a part (all of part b takes two calls of 560 s).
 # then merge both parts' case files here (bench_train.py merge). Cases run alone: a compilation beside a CPU-bound
 # case slowed it by a third in an earlier run (docs/benchmarks.md, run 17).
@@ -29,7 +36,29 @@ case_() {  # case_ TIMEOUT NAME ARGS...: output to a file, so compile workers a 
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   build_checkpoint
-  if [ "${PART:-a}" = a ]; then
+  if [ "${PART:-a}" = c ]; then
+    echo "== optimizer-step"; timeout 100 python3 benchmarks/optimizer_step.py --json "$CASES/optimizer-step.json" \
+      > "$LOGS/optimizer-step.log" 2>&1; echo "   rc $? at ${SECONDS}s"; tail -n 1 "$LOGS/optimizer-step.log" | cut -c1-600
+    PYTORCH_CUDA_ALLOC_CONF=$EXPANDABLE BENCH_TIMED=14 case_ 200 compiled-2x2304-acc7-cap6 --system medqlora \
+      --compile --loss-grad-in-forward --pack-tokens 2304 --accumulate 7 --memory-cap-gib 6 \
+      --label "medqlora 2 x 2304 at accumulation 7 (the recipe's tokens per optimizer step), compiled, capped at 6 GiB"
+    PYTORCH_CUDA_ALLOC_CONF=$EXPANDABLE BENCH_TIMED=16 case_ 200 compiled-2x2048-gradfwd-cap6 --system medqlora \
+      --compile --loss-grad-in-forward --memory-cap-gib 6 \
+      --label "medqlora 2 x 2048, compiled layers + loss gradient in forward (the recipe's default), capped at 6 GiB"
+    BENCH_TIMED=16 case_ 100 eager-2x2048 --system medqlora --label "medqlora 2 x 2048, eager (the default until run 22)"
+  elif [ "${PART:-a}" = d ]; then
+    PYTORCH_CUDA_ALLOC_CONF=$EXPANDABLE BENCH_TIMED=48 case_ 240 compiled-2x2048-cap6 --system medqlora \
+      --compile --loss-grad-in-forward --memory-cap-gib 6 \
+      --label "medqlora 2 x 2048, the recipe's default (compiled layers, loss gradient in forward), capped at 6 GiB"
+    BENCH_TIMED=48 case_ 140 eager-2x2048 --system medqlora --label "medqlora 2 x 2048, eager (the default until run 22)"
+    BENCH_TIMED=24 case_ 160 plain-careful --system plain-careful --label "plain recipe, careful"
+  elif [ "${PART:-a}" = e ]; then
+    BENCH_TIMED=3 case_ 200 profile-compiled-2x2048 --system medqlora --compile --loss-grad-in-forward --profile \
+      --label "compiled 2 x 2048 under the profiler: where the GPU waits (the timing is not a result)"
+    PYTORCH_CUDA_ALLOC_CONF=$EXPANDABLE BENCH_TIMED=24 case_ 240 compiled-8x2048-cap12 --system medqlora --compile \
+      --loss-grad-in-forward --micro-batch 8 --accumulate 2 --memory-cap-gib 12 \
+      --label "medqlora 8 x 2048 at accumulation 2, compiled layers + loss gradient in forward, capped at 12 GiB"
+  elif [ "${PART:-a}" = a ]; then
     case_ 100 eager-2x2048 --system medqlora --label "medqlora 2 x 2048 (eager, today)"
     PYTORCH_CUDA_ALLOC_CONF=$EXPANDABLE case_ 200 compiled-2x2048-gradfwd-cap6 --system medqlora --compile \
       --loss-grad-in-forward --memory-cap-gib 6 \
