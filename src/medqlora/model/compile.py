@@ -43,7 +43,7 @@ class CompiledLayerForward:
         return fn(self.layer, hidden_states, *args, **kwargs)
 
 
-_CAUSAL: dict[tuple, torch.Tensor] = {}
+_CAUSAL: dict[tuple, torch.Tensor] = {}  # the last shape's mask only: padded batches change shape every step
 
 
 def causal_mask(hidden_states: torch.Tensor) -> torch.Tensor:
@@ -52,11 +52,12 @@ def causal_mask(hidden_states: torch.Tensor) -> torch.Tensor:
     transformers hands full-attention layers no mask (SDPA's is_causal) when every row of a micro-batch holds one
     sample, and a mask when rows are packed: two graphs for each layer variant, the second compiled mid-epoch (about
     40 s on E2B). Training has no cache, so queries and keys are the same T positions and this mask is the same
-    attention. One per shape and device, reused."""
+    attention. Built once and reused while the shape stays."""
     batch, length = hidden_states.shape[:2]
     key = (batch, length, hidden_states.device)
     if key not in _CAUSAL:
         lower = torch.ones(length, length, dtype=torch.bool, device=hidden_states.device).tril_()
+        _CAUSAL.clear()
         _CAUSAL[key] = lower.expand(batch, 1, length, length).contiguous()
     return _CAUSAL[key]
 
