@@ -29,7 +29,7 @@ class LeanSpec:
             the recipe's config; off here, since a trainable LM head refuses it.
         compile_layers: run each decoder layer through one `torch.compile`d forward (model/compile.py): fuses the
             elementwise work whose kernel launches bound the step at small micro-batches (with
-            loss_grad_in_forward, 1.60x at 2 x 2048 on an H100); about a minute of compilation at the first step.
+            loss_grad_in_forward, 1.60x at 2 x 2048 on an H100); one to two minutes of compilation at the first steps.
             On in the recipe's config; off here because on a CPU compiling costs more than it saves. Not with FSDP.
     """
 
