@@ -34,18 +34,11 @@ class FlopModel:
 
     @classmethod
     def from_config(cls, config, lora_r: int, lora_targets: list[str]) -> FlopModel:
-        from transformers import AutoModelForCausalLM
-
         text = config.get_text_config()
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(text)
+        model = meta_text_model(text)
         layers = model.model.layers
         linear = [m for m in model.model.modules() if isinstance(m, torch.nn.Linear)]
-        lora = [
-            m
-            for name, m in layers.named_modules()
-            if isinstance(m, torch.nn.Linear) and name.split(".")[-1] in lora_targets
-        ]
+        lora = lora_target_linears(model, lora_targets)
         return cls(
             linear_params=sum(m.in_features * m.out_features for m in linear),
             lora_params=sum(lora_r * (m.in_features + m.out_features) for m in lora),
@@ -65,6 +58,23 @@ class FlopModel:
         keys_sliding = float((positions + 1).clamp(max=self.window).sum())
         attention = sum(16 * q * (keys_sliding if s else keys_full) for q, s in zip(self.q_width, self.sliding))
         return self.per_token() * positions.numel() + attention + 6 * self.head_params * supervised
+
+
+def meta_text_model(text_config) -> torch.nn.Module:
+    """The language model of a config on the meta device: its modules and shapes, nothing allocated."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(text_config)
+
+
+def lora_target_linears(model: torch.nn.Module, targets: list[str]) -> list[torch.nn.Linear]:
+    """The decoder layers' linears a LoRA adapter on `targets` wraps (KV-shared layers have no k/v projection)."""
+    return [
+        m
+        for name, m in model.model.layers.named_modules()
+        if isinstance(m, torch.nn.Linear) and name.split(".")[-1] in targets
+    ]
 
 
 def token_positions(batch: dict) -> torch.Tensor:

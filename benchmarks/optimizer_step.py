@@ -4,7 +4,7 @@ tensor), on one GPU in one process, same tensors and gradients. Writes one case 
     python benchmarks/optimizer_step.py --json out.json [--steps 20]
 
 The recipe's LoRA (r 16 on q/k/v/o/gate/up/down) on E2B's 35 layers: the 20 KV-shared layers have no k/v projection
-and a double-wide MLP, so 410 tensors; their shapes come from the config, not from a loaded model.
+and a double-wide MLP, so 410 tensors; their shapes come from the model built on the meta device from the config.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 import bitsandbytes as bnb
 import torch
 from bench_train import device_name, package_versions
+from flops import lora_target_linears, meta_text_model
 from workload import LORA, LR
 
 from medqlora.model.optimizer import build_optimizer
@@ -24,22 +25,13 @@ from medqlora.model.optimizer import build_optimizer
 CONFIG = Path(__file__).with_name("gemma4-e2b-config.json")
 
 
-def lora_shapes(text: dict, r: int) -> list[tuple[int, int]]:
-    """(rows, cols) of every LoRA A and B matrix of the recipe's targets on a Gemma 4 text config."""
-    d, heads, kv_heads = text["hidden_size"], text["num_attention_heads"], text["num_key_value_heads"]
-    first_shared = text["num_hidden_layers"] - text["num_kv_shared_layers"]
-    shapes = []
-    for i, kind in enumerate(text["layer_types"]):
-        head_dim = text["global_head_dim"] if kind == "full_attention" else text["head_dim"]
-        shared = i >= first_shared
-        mlp = text["intermediate_size"] * (2 if shared and text["use_double_wide_mlp"] else 1)
-        outs_ins = {"q_proj": (heads * head_dim, d), "o_proj": (d, heads * head_dim)}
-        if not shared:
-            outs_ins |= {"k_proj": (kv_heads * head_dim, d), "v_proj": (kv_heads * head_dim, d)}
-        outs_ins |= {"gate_proj": (mlp, d), "up_proj": (mlp, d), "down_proj": (d, mlp)}
-        for out_features, in_features in outs_ins.values():
-            shapes += [(r, in_features), (out_features, r)]  # A, B
-    return shapes
+def lora_shapes(config_file: Path, r: int, targets: list[str]) -> list[tuple[int, int]]:
+    """(rows, cols) of every LoRA A and B matrix of the recipe's adapter on the model of `config_file`."""
+    from transformers import Gemma4Config
+
+    config = Gemma4Config(**{k: v for k, v in json.loads(config_file.read_text()).items() if k != "model_type"})
+    linears = lora_target_linears(meta_text_model(config.get_text_config()), targets)
+    return [shape for m in linears for shape in ((r, m.in_features), (m.out_features, r))]  # A, B
 
 
 def time_steps(optimizer: torch.optim.Optimizer, params: list, grads: list, steps: int) -> float:
@@ -61,7 +53,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args()
     device = torch.device("cuda")
-    shapes = lora_shapes(json.loads(CONFIG.read_text())["text_config"], LORA["r"])
+    shapes = lora_shapes(CONFIG, LORA["r"], LORA["targets"])
     generator = torch.Generator(device).manual_seed(0)
     initial = [torch.randn(s, device=device, generator=generator) * 0.02 for s in shapes]
     grads = [torch.randn(s, device=device, generator=generator) * 1e-3 for s in shapes]

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import torch
+import yaml
 
 from medqlora.data.chat import encode
 from medqlora.data.collate import pack_collate, pad_collate
@@ -13,6 +14,8 @@ from medqlora.data.sources import Conversation
 from medqlora.model.loading import QuantSpec
 from medqlora.model.lora import LoraSpec
 from medqlora.model.module import LeanSpec, QLoRAModule
+
+RECIPE = Path(__file__).resolve().parents[1] / "configs" / "gemma4-e2b-medical.yaml"
 
 CONVERSATIONS = [
     Conversation(user="Name the first-line treatment for gout.", answer="Colchicine is first-line."),
@@ -77,3 +80,10 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     """Write rows as JSON lines and return the path."""
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+def recipe_speed_switches() -> list[str]:
+    """The recipe config's `compile_layers` and `loss_grad_in_forward`, as command-line overrides for a tiny CPU run."""
+    lean = yaml.safe_load(RECIPE.read_text())["model"]["lean"]
+    keys = ("compile_layers", "loss_grad_in_forward")
+    return [arg for key in keys for arg in (f"--model.lean.{key}", str(lean[key]).lower())]

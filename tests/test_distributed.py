@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO
+from helpers import recipe_speed_switches
 from safetensors.torch import load_file
 
 TINY = REPO / "configs" / "tiny.yaml"
@@ -87,7 +88,7 @@ def _fit(
 
 
 # the recipe's speed switches (configs/gemma4-e2b-medical.yaml), which configs/ddp.yaml layers over
-RECIPE_SWITCHES = ["--model.lean.compile_layers", "true", "--model.lean.loss_grad_in_forward", "true"]
+RECIPE_SWITCHES = recipe_speed_switches()
 
 
 @pytest.mark.faults

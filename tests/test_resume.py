@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
+from helpers import recipe_speed_switches
 from safetensors.torch import load_file
 
 TINY = REPO / "configs" / "tiny.yaml"
@@ -105,13 +106,13 @@ def test_a_signal_saves_at_the_step_boundary_and_the_resume_is_exact(uninterrupt
     assert all((expected[k] == resumed[k]).all() for k in expected)
 
 
-LEAN = ["--model.lean.compile_layers", "true", "--model.lean.loss_grad_in_forward", "true"]
+LEAN = recipe_speed_switches()
 
 
 @pytest.mark.faults
 def test_resume_is_exact_with_compiled_layers_and_the_loss_gradient_in_forward(tmp_path_factory):
-    """The two speed switches (candidates for the recipe's default): compiled layers draw dropout from eager's random
-    stream, which the checkpoint restores, so a resumed run still ends bit-identical."""
+    """The recipe's two speed switches: compiled layers draw dropout from eager's random stream, which the checkpoint
+    restores, so a resumed run still ends bit-identical."""
     reference, workdir = tmp_path_factory.mktemp("lean-uninterrupted"), tmp_path_factory.mktemp("lean-resumed")
     _fit(reference, *LEAN)
     killer = "--trainer.callbacks+=faults_helpers.KillAtBatch --trainer.callbacks.batch=7"
