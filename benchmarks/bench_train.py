@@ -84,6 +84,7 @@ def case(args: argparse.Namespace) -> None:
             "attention": args.attention + (" (math backend)" if args.sdpa_math else ""),
             "compile_layers": args.compile,
             "loss_grad_in_forward": args.loss_grad_in_forward,
+            "cuda_graph": args.cuda_graph,
             "skip_guards": args.skip_guards,
             "compute_dtype": args.compute_dtype or workload.RECIPE["model"]["quantization"]["compute_dtype"],
         }
@@ -204,6 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--label", default=None, help="a name for this variant in the results")
     c.add_argument("--compile", action="store_true", help="medqlora only: lean.compile_layers")
     c.add_argument("--loss-grad-in-forward", action="store_true", help="medqlora only: lean.loss_grad_in_forward")
+    c.add_argument("--cuda-graph", action="store_true", help="medqlora only: lean.cuda_graph")
     c.add_argument(
         "--skip-guards",
         action="store_true",

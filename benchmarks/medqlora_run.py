@@ -11,7 +11,7 @@ import yaml
 from path_check import PathCheck
 from workload import RECIPE, RECIPE_FILE, TIMED_BATCHES, WARMUP_BATCHES, Clock, batch_stats
 
-CHECKS: dict = {}  # with --compile or --loss-grad-in-forward: the case's path against today's on the first batch
+CHECKS: dict = {}  # with --compile, --loss-grad-in-forward or --cuda-graph: that path against today's, first batch
 PROFILE: dict = {}  # with --profile on a GPU: where the GPU waited during the profiled micro-batches (gpu_gaps.py)
 
 
@@ -101,7 +101,7 @@ def run_medqlora(
     # before PeakMemory, which resets the peak at train start
     first = (
         [PathCheck(CHECKS, args.loss_grad_in_forward, WARMUP_BATCHES)]
-        if args.compile or args.loss_grad_in_forward
+        if args.compile or args.loss_grad_in_forward or args.cuda_graph
         else []
     )
     extra = []
@@ -152,6 +152,7 @@ def run_medqlora(
             "attention": args.attention,
             "compile_layers": args.compile,
             "loss_grad_in_forward": args.loss_grad_in_forward,
+            "cuda_graph": args.cuda_graph,
         }
     )
     module = QLoRAModule(

@@ -1,6 +1,7 @@
 """A new training path against today's, on the benchmark's first batch, before timing (issue #16's correctness check).
 
-The case's path (compiled layers and/or the loss gradient in forward) and today's (eager layers, recomputing loss)
+The case's path (compiled layers, the loss gradient in forward and/or the micro-batch's CUDA graph: captured on the
+batch after one eager pass, then replayed) and today's (eager layers, recomputing loss, no graph)
 each run the first batch forward and backward with the same seed; the JSON gets their loss and LoRA-gradient
 differences next to two floors measured on today's path alone:
 - rounding floor: the loss scaled by 1 + 2^-10 before backward and the gradients scaled back, which changes only how
@@ -18,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -57,6 +59,7 @@ class PathCheck(Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         from medqlora.model.compile import decoder_layers, eager_layers
+        from medqlora.model.graphed import MicroBatchGraph
 
         batch = pl_module.on_before_batch_transfer(next(iter(trainer.train_dataloader)), 0)
         batch = {k: v.to(pl_module.device) if torch.is_tensor(v) else v for k, v in batch.items()}
@@ -65,18 +68,34 @@ class PathCheck(Callback):
         def nudged(module, inputs, out: torch.Tensor) -> torch.Tensor:
             return out * (1 + NUDGE_ULPS * torch.finfo(out.dtype).eps)
 
+        def graphed_loss() -> torch.Tensor:
+            # its own graph (and memory pool), dropped after the check: training captures with its dropout on
+            trainable = [p for p in model.parameters() if p.requires_grad]
+            graph = MicroBatchGraph(partial(pl_module.forward, fixed_shape=True), trainable, eager_steps=1)
+            graph(dict(batch), 1)  # eager: compiles
+            graph.zero_grad()
+            torch.manual_seed(0)
+            loss = graph(dict(batch), 1).loss  # captured, then replayed
+            graph.release()
+            return loss
+
         def loss_and_grads(today: bool, scale: float = 1.0, nudge: bool = False) -> tuple[float, dict]:
             torch.manual_seed(0)
             model.zero_grad(set_to_none=True)
             lean.loss_grad_in_forward = self.loss_grad_in_forward and not today
             embed = model.get_input_embeddings()
             hook = embed.register_forward_hook(nudged) if nudge else None
+            graphed = not today and lean.cuda_graph and torch.cuda.is_available()  # backward inside the graph
             with trainer.precision_plugin.train_step_context():
-                with eager_layers(model) if today else contextlib.nullcontext():
-                    loss = pl_module(dict(batch)).loss
+                if graphed:
+                    loss = graphed_loss()
+                else:
+                    with eager_layers(model) if today else contextlib.nullcontext():
+                        loss = pl_module(dict(batch)).loss
             if hook:
                 hook.remove()
-            (loss * scale).backward()
+            if not graphed:
+                (loss * scale).backward()
             lean.loss_grad_in_forward = self.loss_grad_in_forward
             return loss.item(), {
                 n: p.grad.float().cpu() / scale for n, p in model.named_parameters() if p.requires_grad

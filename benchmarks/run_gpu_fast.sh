@@ -11,6 +11,12 @@
 #                                            # over 48 micro-batches (6 optimizer steps), plain-careful over 24
 #   PART=e bash benchmarks/run_gpu_fast.sh   # run 25: where the compiled 2 x 2048 step leaves the GPU idle
 #                                            # (profiler trace, gpu_gaps.py), and compiled 8 x 2048 under 12 GiB
+#   PART=f bash benchmarks/run_gpu_fast.sh   # run 29: the micro-batch CUDA graph against run 24's default, 2 x 2048
+#   PART=g bash benchmarks/run_gpu_fast.sh   # run 30, the table: the CUDA-graphed default, eager and plain-careful
+#   PART=h bash benchmarks/run_gpu_fast.sh   # run 31: the graph against today in fp32, graphed 8 x 2048 under
+#                                            # 12 GiB and 4 x 2048 under 6 GiB (both ran out of memory)
+#   PART=i bash benchmarks/run_gpu_fast.sh   # run 32: graphed 8 x 2048 (expandable segments) and 4 x 2048 under
+#                                            # 12 GiB, and the graphed step under the profiler
 # ONLY="name ..." runs just the named cases of a part (all of part b takes two calls of 560 s).
 # then merge both parts' case files here (bench_train.py merge). Cases run alone: a compilation beside a CPU-bound
 # case slowed it by a third in an earlier run (docs/benchmarks.md, run 17).
@@ -58,6 +64,35 @@ case_() {  # case_ TIMEOUT NAME ARGS...: output to a file, so compile workers a 
     PYTORCH_CUDA_ALLOC_CONF=$EXPANDABLE BENCH_TIMED=24 case_ 240 compiled-8x2048-cap12 --system medqlora --compile \
       --loss-grad-in-forward --micro-batch 8 --accumulate 2 --memory-cap-gib 12 \
       --label "medqlora 8 x 2048 at accumulation 2, compiled layers + loss gradient in forward, capped at 12 GiB"
+  elif [ "${PART:-a}" = f ]; then
+    BENCH_TIMED=48 case_ 300 graphed-2x2048-cap6 --system medqlora --compile --loss-grad-in-forward --cuda-graph \
+      --memory-cap-gib 6 --label "medqlora 2 x 2048, compiled layers + loss gradient in forward + micro-batch CUDA graph, capped at 6 GiB"
+    PYTORCH_CUDA_ALLOC_CONF=$EXPANDABLE BENCH_TIMED=48 case_ 240 compiled-2x2048-cap6 --system medqlora \
+      --compile --loss-grad-in-forward --memory-cap-gib 6 \
+      --label "medqlora 2 x 2048, compiled layers + loss gradient in forward (run 24's default), capped at 6 GiB"
+  elif [ "${PART:-a}" = g ]; then
+    BENCH_TIMED=48 case_ 240 graphed-2x2048-cap6 --system medqlora --compile --loss-grad-in-forward --cuda-graph \
+      --memory-cap-gib 6 --label "medqlora 2 x 2048, the recipe's default (compiled layers, loss gradient in forward, micro-batch CUDA graph), capped at 6 GiB"
+    BENCH_TIMED=48 case_ 140 eager-2x2048 --system medqlora --label "medqlora 2 x 2048, eager (the default until run 22)"
+    BENCH_TIMED=24 case_ 170 plain-careful --system plain-careful --label "plain recipe, careful"
+  elif [ "${PART:-a}" = h ]; then
+    BENCH_TIMED=2 case_ 200 check-fp32-graphed --system medqlora --compile --loss-grad-in-forward --cuda-graph \
+      --compute-dtype float32 --label "micro-batch CUDA graph + compiled layers + loss gradient in forward vs today in fp32 (timing not a result)"
+    BENCH_TIMED=24 case_ 220 graphed-8x2048-cap12 --system medqlora --compile --loss-grad-in-forward --cuda-graph \
+      --micro-batch 8 --accumulate 2 --memory-cap-gib 12 \
+      --label "medqlora 8 x 2048 at accumulation 2, compiled layers + loss gradient in forward + CUDA graph, capped at 12 GiB"
+    BENCH_TIMED=32 case_ 160 graphed-4x2048-cap6 --system medqlora --compile --loss-grad-in-forward --cuda-graph \
+      --micro-batch 4 --accumulate 4 --memory-cap-gib 6 \
+      --label "medqlora 4 x 2048 at accumulation 4, compiled layers + loss gradient in forward + CUDA graph, capped at 6 GiB"
+  elif [ "${PART:-a}" = i ]; then
+    PYTORCH_CUDA_ALLOC_CONF=$EXPANDABLE BENCH_TIMED=24 case_ 220 graphed-8x2048-cap12 --system medqlora --compile \
+      --loss-grad-in-forward --cuda-graph --micro-batch 8 --accumulate 2 --memory-cap-gib 12 \
+      --label "medqlora 8 x 2048 at accumulation 2, compiled layers + loss gradient in forward + CUDA graph, capped at 12 GiB"
+    BENCH_TIMED=32 case_ 180 graphed-4x2048-cap12 --system medqlora --compile --loss-grad-in-forward --cuda-graph \
+      --micro-batch 4 --accumulate 4 --memory-cap-gib 12 \
+      --label "medqlora 4 x 2048 at accumulation 4, compiled layers + loss gradient in forward + CUDA graph, capped at 12 GiB"
+    BENCH_TIMED=3 case_ 150 profile-graphed-2x2048 --system medqlora --compile --loss-grad-in-forward --cuda-graph \
+      --profile --label "graphed 2 x 2048 under the profiler: where the GPU's time goes (the timing is not a result)"
   elif [ "${PART:-a}" = a ]; then
     case_ 100 eager-2x2048 --system medqlora --label "medqlora 2 x 2048 (eager, today)"
     PYTORCH_CUDA_ALLOC_CONF=$EXPANDABLE case_ 200 compiled-2x2048-gradfwd-cap6 --system medqlora --compile \

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 from lightning.pytorch.callbacks import GradientAccumulationScheduler
 
 
@@ -20,7 +22,12 @@ class GradientAccumulation(GradientAccumulationScheduler):
 
     def on_train_start(self, trainer, pl_module) -> None:
         """Also set the factor here: a run resumed mid-epoch never sees that epoch's on_train_epoch_start."""
-        super().on_train_start(trainer, pl_module)
+        from medqlora.model.module import QLoRAModule
+
+        with warnings.catch_warnings():
+            if type(pl_module).optimizer_zero_grad is QLoRAModule.optimizer_zero_grad:  # written for accumulation
+                warnings.filterwarnings("ignore", message=r"When using `Trainer\(accumulate_grad_batches != 1\)`")
+            super().on_train_start(trainer, pl_module)
         trainer.accumulate_grad_batches = self.get_accumulate_grad_batches(trainer.current_epoch)
         check_validation_interval(trainer)
 

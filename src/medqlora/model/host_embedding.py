@@ -37,6 +37,7 @@ class HostEmbedding(nn.Module):
         embedding.weight.data = torch.empty(0, dtype=self.table.dtype)
         self.embedding_dim = self.table.shape[1]
         self.scale = float(getattr(embedding, "scalar_embed_scale", 1.0))
+        self._scale_on: dict[tuple, torch.Tensor] = {}  # the scale as a tensor per (device, dtype), made once
         self._prefetched: tuple[torch.Tensor, torch.Tensor] | None = None
         # two pinned buffers, alternated: page-locking 70 MB every step is slow, and the batch gathered
         # into one buffer may still be copying to the GPU while the next batch is gathered
@@ -82,7 +83,10 @@ class HostEmbedding(nn.Module):
             rows = ready[1]
         else:
             rows = self.gather(input_ids).to(input_ids.device, non_blocking=True)
-        return rows * torch.tensor(self.scale, dtype=rows.dtype, device=rows.device)
+        key = (rows.device, rows.dtype)
+        if key not in self._scale_on:  # not per call: a host-to-GPU copy inside a CUDA graph capture is an error
+            self._scale_on[key] = torch.tensor(self.scale, dtype=rows.dtype, device=rows.device)
+        return rows * self._scale_on[key]
 
 
 def move_ple_to_host(model: nn.Module, dtype: torch.dtype) -> HostEmbedding:

@@ -8,21 +8,24 @@ weights a checkpoint holds (the adapter only, never the frozen 4-bit base).
 from __future__ import annotations
 
 import random
+from functools import partial
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
 
+from medqlora.data.chat import IGNORE_INDEX
 from medqlora.hub import load_config
 from medqlora.model.compile import compile_decoder_layers, missing_compiler
 from medqlora.model.distributed import clean_name, is_fsdp
+from medqlora.model.graphed import MicroBatchGraph, check_graphable_run
 from medqlora.model.host_embedding import HostEmbedding, share_across_local_ranks
 from medqlora.model.lean import LeanSpec
 from medqlora.model.loading import QuantSpec, load_base_model
 from medqlora.model.lora import LoraSpec, apply_lora, trainable_summary
 from medqlora.model.loss import LossOutput, chunked_lm_loss, full_logits_loss
+from medqlora.model.masks import packed_attention_masks
 from medqlora.model.optimizer import Optimizer, build_optimizer
 
 
@@ -81,16 +84,15 @@ class QLoRAModule(L.LightningModule):
         self.lean = lean or LeanSpec()
         self.config = load_config(name_or_path)
         text = self.config.get_text_config()
-        self.softcap = text.final_logit_softcapping
+        self.softcap, self.sliding_window = text.final_logit_softcapping, text.sliding_window
         self.model = None
+        self.micro_batch_graph: MicroBatchGraph | None = None
+        self._backward_done = False  # the micro-batch graph ran this training step's backward
         self.strict_loading = False  # checkpoints hold the adapter only
         for split in ("train", "val", "test"):
-            setattr(
-                self,
-                f"{split}_acc",
-                MulticlassAccuracy(num_classes=text.vocab_size, average="micro", validate_args=False),
-            )
-            setattr(self, f"{split}_loss", MeanMetric())
+            # token-weighted means; "disable": checking each value for NaN would make the host wait for the GPU
+            setattr(self, f"{split}_acc", MeanMetric(nan_strategy="disable"))  # next-token accuracy (micro)
+            setattr(self, f"{split}_loss", MeanMetric(nan_strategy="disable"))
 
     # -- model --------------------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -98,6 +100,8 @@ class QLoRAModule(L.LightningModule):
         if self.model is not None:
             return
         fsdp = self._trainer is not None and is_fsdp(self.trainer.strategy)
+        if self.lean.cuda_graph and self._trainer is not None:
+            check_graphable_run(self.trainer)
         if fsdp and self.lean.compile_layers:
             raise ValueError(
                 "model.lean.compile_layers=true is not supported under FSDP (its units wrap the layers the compiled "
@@ -148,6 +152,9 @@ class QLoRAModule(L.LightningModule):
             self.model = apply_lora(base, self.lora)  # PEFT moves each adapter to its base layer's device
         if self.lean.compile_layers:
             compile_decoder_layers(self.model, self.hparams.gradient_checkpointing)
+        if self.lean.cuda_graph:
+            trainable = [p for p in self.model.parameters() if p.requires_grad]
+            self.micro_batch_graph = MicroBatchGraph(partial(self.forward, fixed_shape=True), trainable)
         self.model.train()
         if device.type == "cuda":
             torch.cuda.empty_cache()  # hand back what loading reserved, so reserved memory reflects training
@@ -167,12 +174,22 @@ class QLoRAModule(L.LightningModule):
             batch["ple_rows"] = self.host_embedding.gather(batch["input_ids"])
         return batch
 
-    def forward(self, batch: dict) -> LossOutput:
-        """Loss, predictions and targets over the batch's supervised tokens."""
+    def forward(self, batch: dict, fixed_shape: bool = False) -> LossOutput:
+        """Loss, predictions and targets over the batch's supervised tokens.
+
+        `fixed_shape`: nothing the host decides depends on GPU values, so a CUDA graph can capture it (masks built
+        on the GPU from the position ids, a loss over every position with unsupervised ones weighing zero; preds
+        and targets then cover every position, targets -100 where unsupervised)."""
         rows = batch.get("ple_rows")
         if rows is not None:
             self.host_embedding.prefetch(batch["input_ids"], rows)
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+        if fixed_shape and "attention_mask" not in inputs:
+            position_ids = inputs.get("position_ids")
+            if position_ids is None:
+                ids = inputs["input_ids"]
+                position_ids = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+            inputs["attention_mask"] = packed_attention_masks(position_ids, self.sliding_window)
         if self.lean.chunked_loss:
             causal_lm = self.model.base_model.model
             hidden = causal_lm.model(**inputs, use_cache=False).last_hidden_state
@@ -183,35 +200,63 @@ class QLoRAModule(L.LightningModule):
                 self.softcap,
                 self.lean.loss_chunk_size,
                 self.lean.loss_grad_in_forward,
+                fixed_shape,
             )
         return full_logits_loss(self.model(**inputs, use_cache=False).logits, batch["labels"])
 
     # -- steps --------------------------------------------------------------------------------------
-    def _shared_step(self, batch: dict, split: str) -> torch.Tensor:
-        out = self(batch)
-        n = out.targets.numel()
-        accuracy: MulticlassAccuracy = getattr(self, f"{split}_acc")
+    def _log_step(self, out: LossOutput, split: str) -> torch.Tensor:
+        """Log loss, accuracy and supervised tokens, without reading anything back from the GPU."""
+        accuracy: MeanMetric = getattr(self, f"{split}_acc")
         mean_loss: MeanMetric = getattr(self, f"{split}_loss")
-        if n:  # forward (not update) so Lightning can log the step value too
-            accuracy(out.preds, out.targets)
-            mean_loss(out.loss.detach(), n)
+        supervised = (out.targets != IGNORE_INDEX).float()
+        n = supervised.sum()
+        # forward (not update) so Lightning can log the step value too
+        accuracy((out.preds == out.targets).float(), supervised)
+        mean_loss(out.loss.detach(), n)
         on_step = split == "train"
         self.log(f"{split}/loss", mean_loss, on_step=on_step, on_epoch=not on_step, prog_bar=True)
         self.log(f"{split}/acc", accuracy, on_step=on_step, on_epoch=not on_step, prog_bar=True)
-        self.log(f"{split}/tokens", float(n), on_step=on_step, on_epoch=not on_step, reduce_fx="sum")
+        self.log(f"{split}/tokens", n, on_step=on_step, on_epoch=not on_step, reduce_fx="sum")
         return out.loss
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        """One micro-batch: mean loss over its supervised tokens."""
-        return self._shared_step(batch, "train")
+        """One micro-batch: mean loss over its supervised tokens. With `lean.cuda_graph` its backward runs here too
+        (model/graphed.py), and `backward` below then has nothing left to do."""
+        if self.micro_batch_graph is None:
+            return self._log_step(self(batch), "train")
+        accumulate = self.trainer.accumulate_grad_batches
+        if batch_idx % accumulate == 0:  # a window's first micro-batch: Lightning would zero after this step
+            self.micro_batch_graph.zero_grad()
+        out = self.micro_batch_graph(batch, accumulate)
+        self._backward_done = True
+        return self._log_step(out, "train")
+
+    def backward(self, loss: torch.Tensor, *args, **kwargs) -> None:
+        """Lightning's backward, unless the micro-batch graph already ran this step's."""
+        if self._backward_done:
+            self._backward_done = False
+            return
+        super().backward(loss, *args, **kwargs)
+
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
+        """Lightning's zero_grad, which it calls between a window's first training step and its backward: with
+        `lean.cuda_graph` that backward has already run, so `training_step` zeroes before it instead."""
+        if self.micro_batch_graph is None:
+            optimizer.zero_grad()
+
+    def on_train_end(self) -> None:
+        """Free the micro-batch graph's memory pool (evaluation in the same process runs without it)."""
+        if self.micro_batch_graph is not None:
+            self.micro_batch_graph.release()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         """Token-weighted eval loss and next-token accuracy (the model card's "accuracy")."""
-        self._shared_step(batch, "val")
+        self._log_step(self(batch), "val")
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         """Same as validation, logged under test/."""
-        self._shared_step(batch, "test")
+        self._log_step(self(batch), "test")
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         """Per batch: mean loss, and the predicted vs target token at every supervised position."""
