@@ -82,8 +82,11 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def recipe_speed_switches() -> list[str]:
-    """The recipe config's `compile_layers` and `loss_grad_in_forward`, as command-line overrides for a tiny CPU run."""
+SPEED_SWITCHES = ("compile_layers", "loss_grad_in_forward", "cuda_graph")
+
+
+def recipe_speed_switches(keys: tuple[str, ...] = SPEED_SWITCHES) -> list[str]:
+    """The recipe config's speed switches, as command-line overrides for a tiny CPU run (on a CPU `cuda_graph` runs
+    its step, backward included, without capturing it)."""
     lean = yaml.safe_load(RECIPE.read_text())["model"]["lean"]
-    keys = ("compile_layers", "loss_grad_in_forward")
     return [arg for key in keys for arg in (f"--model.lean.{key}", str(lean[key]).lower())]

@@ -110,9 +110,10 @@ LEAN = recipe_speed_switches()
 
 
 @pytest.mark.faults
-def test_resume_is_exact_with_compiled_layers_and_the_loss_gradient_in_forward(tmp_path_factory):
-    """The recipe's two speed switches: compiled layers draw dropout from eager's random stream, which the checkpoint
-    restores, so a resumed run still ends bit-identical."""
+def test_resume_is_exact_with_the_recipes_speed_switches(tmp_path_factory):
+    """The recipe's speed switches: compiled layers draw dropout from eager's random stream, which the checkpoint
+    restores, and the CUDA graph's step (on a CPU: run, not captured) does its own backward inside the training step,
+    so a resumed run still ends bit-identical."""
     reference, workdir = tmp_path_factory.mktemp("lean-uninterrupted"), tmp_path_factory.mktemp("lean-resumed")
     _fit(reference, *LEAN)
     killer = "--trainer.callbacks+=faults_helpers.KillAtBatch --trainer.callbacks.batch=7"
