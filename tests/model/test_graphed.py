@@ -130,3 +130,9 @@ def test_cuda_graph_refuses_what_its_backward_cannot_serve(monkeypatch, world_si
     with pytest.raises(ValueError, match=message):
         module.configure_model()
     assert module.model is None
+
+
+def test_cuda_graph_refuses_the_full_logits_loss():
+    """The full-logits loss selects supervised positions on the host: refused at the config, naming both switches."""
+    with pytest.raises(ValueError, match=r"cuda_graph=true needs model\.lean\.chunked_loss=true"):
+        LeanSpec(cuda_graph=True, chunked_loss=False)

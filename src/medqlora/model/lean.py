@@ -52,6 +52,11 @@ class LeanSpec:
     def __post_init__(self) -> None:
         if self.loss_chunk_size < 1:
             raise ValueError(f"model.lean.loss_chunk_size={self.loss_chunk_size} must be >= 1 (default 256)")
+        if self.cuda_graph and not self.chunked_loss:
+            raise ValueError(
+                "model.lean.cuda_graph=true needs model.lean.chunked_loss=true (the full-logits loss selects the "
+                "supervised positions, a size the graph cannot hold); turn chunked_loss on or cuda_graph off"
+            )
         if self.attention not in ("sdpa", "eager"):
             raise ValueError(
                 f"model.lean.attention={self.attention!r}: use sdpa (default) or eager (flex_attention "
