@@ -132,7 +132,10 @@ def test_cuda_graph_refuses_what_its_backward_cannot_serve(monkeypatch, world_si
     assert module.model is None
 
 
-def test_cuda_graph_refuses_the_full_logits_loss():
-    """The full-logits loss selects supervised positions on the host: refused at the config, naming both switches."""
+def test_cuda_graph_refuses_the_full_logits_loss_and_eager_attention():
+    """The full-logits loss selects supervised positions on the host, and eager attention adds its mask to the scores
+    (the graph's masks are boolean): both refused at the config, naming the switches."""
     with pytest.raises(ValueError, match=r"cuda_graph=true needs model\.lean\.chunked_loss=true"):
         LeanSpec(cuda_graph=True, chunked_loss=False)
+    with pytest.raises(ValueError, match=r"cuda_graph=true needs model\.lean\.attention=sdpa, not 'eager'"):
+        LeanSpec(cuda_graph=True, attention="eager")

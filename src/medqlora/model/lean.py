@@ -57,6 +57,11 @@ class LeanSpec:
                 "model.lean.cuda_graph=true needs model.lean.chunked_loss=true (the full-logits loss selects the "
                 "supervised positions, a size the graph cannot hold); turn chunked_loss on or cuda_graph off"
             )
+        if self.cuda_graph and self.attention != "sdpa":
+            raise ValueError(
+                f"model.lean.cuda_graph=true needs model.lean.attention=sdpa, not {self.attention!r} (the graph's "
+                "masks are SDPA's boolean masks); set attention to sdpa or cuda_graph to false"
+            )
         if self.attention not in ("sdpa", "eager"):
             raise ValueError(
                 f"model.lean.attention={self.attention!r}: use sdpa (default) or eager (flex_attention "
