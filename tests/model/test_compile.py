@@ -83,9 +83,9 @@ def test_compile_layers_without_a_compiler_says_which_to_install(monkeypatch):
 
 
 def test_rows_of_one_sample_each_reuse_the_packed_graphs(tokenizer):
-    """transformers gives full-attention layers no mask when every row holds one sample: the compiled layers get the
-    equivalent causal mask instead, so no second set of graphs compiles mid-epoch, and loss and gradients stay
-    eager's."""
+    """transformers gives full-attention layers no mask when every row holds one sample: the compiled layers get
+    the masks model/masks.py builds instead, so no second set of graphs compiles mid-epoch, and loss and gradients
+    stay eager's."""
     torch._dynamo.reset()
     counters.clear()
     module = _module(0.0)

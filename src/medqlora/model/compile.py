@@ -10,6 +10,9 @@ transformers checkpoints a layer around its whole forward, which dynamo cannot t
 is written inside the checkpoint); here the layer's own forward is compiled and our non-reentrant checkpoint wraps
 it, so recomputation replays the compiled forward. Dropout keeps eager's random stream (`fallback_random`): a
 compiled step draws the masks an eager one draws, so loss and gradients can be compared, and resumes stay exact.
+The layers always get tensor masks (`QLoRAModule.forward` builds them, model/masks.py): transformers hands
+full-attention layers no mask when no row of a micro-batch is packed, which would compile a second graph per layer
+variant mid-epoch (about 40 s on E2B).
 """
 
 from __future__ import annotations
@@ -34,32 +37,11 @@ class CompiledLayerForward:
         self.layer, self.compiled, self.eager, self.checkpointing = layer, compiled, eager, checkpointing
         self.use_eager = False
 
-    def __call__(self, hidden_states: torch.Tensor, *args, **kwargs):
+    def __call__(self, *args, **kwargs):
         fn = self.eager if self.use_eager else self.compiled
         if self.checkpointing and self.layer.training and torch.is_grad_enabled():
-            if not self.use_eager and kwargs.get("attention_mask", False) is None:  # training: no cache
-                kwargs["attention_mask"] = causal_mask(hidden_states)
-            return checkpoint(partial(fn, self.layer, **kwargs), hidden_states, *args, use_reentrant=False)
-        return fn(self.layer, hidden_states, *args, **kwargs)
-
-
-_CAUSAL: dict[tuple, torch.Tensor] = {}  # the last shape's mask only: padded batches change shape every step
-
-
-def causal_mask(hidden_states: torch.Tensor) -> torch.Tensor:
-    """The boolean causal mask [batch, 1, T, T] that a full-attention layer gets for packed rows.
-
-    transformers hands full-attention layers no mask (SDPA's is_causal) when every row of a micro-batch holds one
-    sample, and a mask when rows are packed: two graphs for each layer variant, the second compiled mid-epoch (about
-    40 s on E2B). Training has no cache, so queries and keys are the same T positions and this mask is the same
-    attention. Built once and reused while the shape stays."""
-    batch, length = hidden_states.shape[:2]
-    key = (batch, length, hidden_states.device)
-    if key not in _CAUSAL:
-        lower = torch.ones(length, length, dtype=torch.bool, device=hidden_states.device).tril_()
-        _CAUSAL.clear()
-        _CAUSAL[key] = lower.expand(batch, 1, length, length).contiguous()
-    return _CAUSAL[key]
+            return checkpoint(partial(fn, self.layer, **kwargs), *args, use_reentrant=False)
+        return fn(self.layer, *args, **kwargs)
 
 
 def missing_compiler(device_type: str) -> str | None:

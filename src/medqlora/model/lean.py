@@ -35,7 +35,8 @@ class LeanSpec:
             micro-batch of that shape (model/graphed.py): the host no longer paces the GPU (with the two switches
             above, 2.39x eager layers at 2 x 2048 on an H100, +0.09 GiB). Packed micro-batches all have one shape;
             padded ones change shape and mostly run eagerly. On a GPU only (elsewhere the same step runs uncaptured),
-            one GPU only (not DDP or FSDP), bf16 or fp32 (not fp16's loss scaler). On in the recipe's config.
+            one GPU only (not DDP or FSDP), bf16 or fp32 (not fp16's loss scaler), with chunked_loss and sdpa
+            attention. On in the recipe's config.
     """
 
     chunked_loss: bool = True

@@ -87,7 +87,6 @@ class QLoRAModule(L.LightningModule):
         self.softcap, self.sliding_window = text.final_logit_softcapping, text.sliding_window
         self.model = None
         self.micro_batch_graph: MicroBatchGraph | None = None
-        self._backward_done = False  # the micro-batch graph ran this training step's backward
         self.strict_loading = False  # checkpoints hold the adapter only
         for split in ("train", "val", "test"):
             # token-weighted means; "disable": checking each value for NaN would make the host wait for the GPU
@@ -179,12 +178,14 @@ class QLoRAModule(L.LightningModule):
 
         `fixed_shape`: nothing the host decides depends on GPU values, so a CUDA graph can capture it (masks built
         on the GPU from the position ids, a loss over every position with unsupervised ones weighing zero; preds
-        and targets then cover every position, targets -100 where unsupervised)."""
+        and targets then cover every position, targets -100 where unsupervised). Compiled layers get those masks
+        too: transformers' choice between a mask and SDPA's is_causal would compile each layer twice."""
         rows = batch.get("ple_rows")
         if rows is not None:
             self.host_embedding.prefetch(batch["input_ids"], rows)
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
-        if fixed_shape and "attention_mask" not in inputs:
+        own_masks = (fixed_shape or self.lean.compile_layers) and self.lean.attention == "sdpa"
+        if own_masks and "attention_mask" not in inputs:
             position_ids = inputs.get("position_ids")
             if position_ids is None:
                 ids = inputs["input_ids"]
@@ -228,16 +229,12 @@ class QLoRAModule(L.LightningModule):
         accumulate = self.trainer.accumulate_grad_batches
         if batch_idx % accumulate == 0:  # a window's first micro-batch: Lightning would zero after this step
             self.micro_batch_graph.zero_grad()
-        out = self.micro_batch_graph(batch, accumulate)
-        self._backward_done = True
-        return self._log_step(out, "train")
+        return self._log_step(self.micro_batch_graph(batch, accumulate), "train")
 
     def backward(self, loss: torch.Tensor, *args, **kwargs) -> None:
-        """Lightning's backward, unless the micro-batch graph already ran this step's."""
-        if self._backward_done:
-            self._backward_done = False
-            return
-        super().backward(loss, *args, **kwargs)
+        """Lightning's backward, unless the micro-batch graph already ran it in `training_step`."""
+        if self.micro_batch_graph is None:
+            super().backward(loss, *args, **kwargs)
 
     def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
         """Lightning's zero_grad, which it calls between a window's first training step and its backward: with
