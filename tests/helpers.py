@@ -90,3 +90,19 @@ def recipe_speed_switches(keys: tuple[str, ...] = SPEED_SWITCHES) -> list[str]:
     its step, backward included, without capturing it)."""
     lean = yaml.safe_load(RECIPE.read_text())["model"]["lean"]
     return [arg for key in keys for arg in (f"--model.lean.{key}", str(lean[key]).lower())]
+
+
+def adapted_tiny(four_bit: bool = False, ple_on_host: bool = False, compute_dtype: str = "float32"):
+    """The tiny Gemma 4 with a LoRA adapter whose B weights are random (so the adapter changes every output), in eval
+    mode: fp32 without quantisation by default, or NF4 (forced onto bitsandbytes' plain CPU layout by the loader)."""
+    from medqlora.model.loading import load_base_model
+    from medqlora.model.lora import apply_lora
+
+    quant = QuantSpec(load_in_4bit=four_bit, double_quant=four_bit, compute_dtype=compute_dtype)
+    base = load_base_model("tiny", quant, torch.device("cpu"), text_only=True, ple_on_host=ple_on_host)
+    torch.manual_seed(0)
+    model = apply_lora(base, LoraSpec(dropout=0.0)).eval()
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.2)
+    return model

@@ -99,8 +99,13 @@ def test_two_rank_ddp_equals_one_rank_with_twice_the_accumulation(tmp_path, swit
     assert ddp.keys() == single.keys() and any("lora_B" in k for k in ddp)
     moved = [k for k in ddp if "lora_B" in k and ddp[k].abs().max() > 0]
     assert moved, "the adapter trained"
+    # (g1 + g2) / 2 over ranks and g1 / 2 + g2 / 2 over micro-batches round differently, and Adam's first steps
+    # (update ~ lr * g / |g|) amplify a last-bit difference: on a 2-core AVX512-BF16 machine up to 4.7e-4 in 67 of
+    # 109,568 weights of magnitude ~0.1 after 3 steps; one rank's gradient alone (no reduction) would move most of them
     for name in ddp:
-        torch.testing.assert_close(ddp[name], single[name], rtol=1e-4, atol=1e-6, msg=name)
+        torch.testing.assert_close(ddp[name], single[name], rtol=1e-4, atol=1e-3, msg=name)
+    changed = sum(int(((ddp[k] - single[k]).abs() > 1e-6 + 1e-4 * single[k].abs()).sum()) for k in ddp)
+    assert changed < 0.01 * sum(v.numel() for v in ddp.values()), f"{changed} weights differ beyond rounding"
 
 
 @pytest.mark.faults

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from medqlora.data.benchmarks import BENCHMARK_LOCATIONS
 from medqlora.eval.generate import MAX_NEW_TOKENS
-from medqlora.eval.scoring import BATCH_SIZE
+from medqlora.eval.scoring import BATCH_TOKENS
 
 COMMANDS = {
     "eval": "MedQA, PubMedQA and clinical key points, base vs adapter in one load; updates the model card",
@@ -26,22 +26,24 @@ COMMANDS = {
 }
 
 
-def _source(value: str | None, default):
-    """A benchmark spec from --medqa/--pubmedqa: an existing file is a local path, anything else a hub id."""
-    from dataclasses import replace
-
-    if value is None:
-        return default
-    if Path(value).exists():
-        return replace(default, hub_id=None, path=value)
-    return replace(default, hub_id=value, path=None)
-
-
 def _positive(value: str) -> int:
     """argparse type: an integer >= 1."""
     number = int(value)
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1 (got {number})")
+    return number
+
+
+def _batch_tokens(value: str) -> int | str:
+    """argparse type for --batch-size: a token budget >= 64, or auto."""
+    if value == "auto":
+        return value
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of tokens or 'auto' (got {value!r})") from None
+    if number < 64:
+        raise argparse.ArgumentTypeError(f"is tokens per forward pass and must be >= 64 (got {number})")
     return number
 
 
@@ -64,7 +66,12 @@ def _parser() -> argparse.ArgumentParser:
         help="training: ask MedQA as the training rows render it (default); letter: ask for the letter",
     )
     ev.add_argument("--no-keypoints", action="store_true", help="skip the 54 key-point prompts")
-    ev.add_argument("--batch-size", type=_positive, default=BATCH_SIZE)
+    ev.add_argument(
+        "--batch-size",
+        type=_batch_tokens,
+        default=BATCH_TOKENS,
+        help=f"tokens per scoring forward pass, or 'auto' to size it from free GPU memory (default {BATCH_TOKENS})",
+    )
     ev.add_argument("--max-new-tokens", type=_positive, default=MAX_NEW_TOKENS, help="key-point answers")
     ev.add_argument("--out", type=Path, help="default: <run dir>/eval-<adapter name>")
     gen = sub.add_parser("generate", help=COMMANDS["generate"], description=COMMANDS["generate"])
@@ -134,12 +141,14 @@ def run(argv: list[str]) -> None:
     elif args.command == "generate":
         from medqlora.eval.generate import generate
         from medqlora.model.adapter import load_adapted
+        from medqlora.model.inference import for_inference
 
         prompts = _prompts(args)
         model, tokenizer = load_adapted(args.adapter, args.base)
-        for prompt, answer in zip(
-            prompts, generate(model, tokenizer, prompts, thinking=args.thinking, max_new_tokens=args.max_new_tokens)
-        ):
+        dense = for_inference(model)  # one kernel a linear or norm: decoding is bound by launches
+        dense.merge_adapter()
+        answers = generate(dense.model, tokenizer, prompts, thinking=args.thinking, max_new_tokens=args.max_new_tokens)
+        for prompt, answer in zip(prompts, answers):
             print(json.dumps({"prompt": prompt, "answer": answer}))
     else:
         _eval(args)
@@ -148,18 +157,21 @@ def run(argv: list[str]) -> None:
 def _eval(args: argparse.Namespace) -> None:
     from dataclasses import replace
 
-    from medqlora.eval.items import DEFAULT_BENCHMARKS
-    from medqlora.eval.run import run_eval
+    from medqlora.eval.items import DEFAULT_BENCHMARKS, with_source
+    from medqlora.eval.run import PhaseClock, run_eval
     from medqlora.model.card import write_model_card
     from medqlora.runs import eval_dir
 
+    clock = PhaseClock()
     medqa, pubmedqa = DEFAULT_BENCHMARKS
     specs = [
-        replace(_source(args.medqa, medqa), limit=args.limit, prompt=args.medqa_prompt),
-        replace(_source(args.pubmedqa, pubmedqa), limit=args.limit),
+        replace(with_source(medqa, args.medqa), limit=args.limit, prompt=args.medqa_prompt),
+        replace(with_source(pubmedqa, args.pubmedqa), limit=args.limit),
     ]
     out = args.out or eval_dir(args.adapter)
-    results = run_eval(args.adapter, out, specs, not args.no_keypoints, args.batch_size, args.max_new_tokens, args.base)
+    results = run_eval(
+        args.adapter, out, specs, not args.no_keypoints, args.batch_size, args.max_new_tokens, args.base, clock
+    )
     for b in results["benchmarks"]:
         low, high = b["delta_ci95_pp"]
         print(
@@ -172,4 +184,6 @@ def _eval(args: argparse.Namespace) -> None:
         print(f"key points: base {kp['base']['average']:.1f}% adapter {kp['adapter']['average']:.1f}%")
     if args.out is None:
         print(f"model card: {write_model_card(args.adapter.parent, args.adapter)}")
+    phases = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in results["phases"].items())
+    print(f"evaluated in {results['eval_wall_s']:.1f} s ({phases})")
     print(f"results: {out / 'eval.json'}, per item: {out / 'eval_items.jsonl'}")

@@ -19,6 +19,7 @@ from fixtures import medqa_rows, pubmedqa_rows
 from helpers import write_jsonl
 from torch.utils.data import DataLoader
 
+from medqlora.callbacks.medqa import MedQAAccuracy
 from medqlora.cli import run
 from medqlora.data.chat import encode
 from medqlora.data.collate import pad_collate
@@ -31,8 +32,9 @@ from medqlora.model.module import QLoRAModule
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, tokenizer) -> tuple[Path, BenchmarkSpec]:
-    """An adapter trained on the synthetic task, saved as a run would, and the held-out benchmark spec."""
+def trained(tmp_path_factory, tokenizer) -> tuple[Path, BenchmarkSpec, MedQAAccuracy]:
+    """An adapter trained on the synthetic task, saved as a run would, the held-out benchmark spec, and the MedQA
+    callback that scored the held-out items during training."""
     tmp = tmp_path_factory.mktemp("gain")
     train_rows = write_jsonl(tmp / "train.jsonl", medqa_rows(128, 1))
     train = load_items(BenchmarkSpec(name="train", kind="medqa", path=str(train_rows)))
@@ -40,6 +42,7 @@ def trained(tmp_path_factory, tokenizer) -> tuple[Path, BenchmarkSpec]:
     for item in train:
         encoded = encode(Conversation(user=item.user, answer=item.choices[item.gold]), tokenizer, 256)
         rows.append({"input_ids": encoded.input_ids, "labels": encoded.labels})
+    held_out_rows = write_jsonl(tmp / "test.jsonl", medqa_rows(40, 2))
     torch.manual_seed(0)
     module = QLoRAModule("tiny", lora=LoraSpec(dropout=0.0), lr=5e-3, gradient_checkpointing=False)
     loader = DataLoader(
@@ -49,6 +52,7 @@ def trained(tmp_path_factory, tokenizer) -> tuple[Path, BenchmarkSpec]:
         generator=torch.Generator().manual_seed(0),
         collate_fn=lambda batch: pad_collate(batch, tokenizer.pad_token_id),
     )
+    medqa = MedQAAccuracy(every_n_steps=10, items=24, medqa=str(held_out_rows))
     L.Trainer(
         accelerator="cpu",
         max_steps=30,
@@ -56,23 +60,34 @@ def trained(tmp_path_factory, tokenizer) -> tuple[Path, BenchmarkSpec]:
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
+        callbacks=[medqa],
     ).fit(module, loader)
     adapter = save_adapter(module.model, "tiny", tmp / "run" / "adapter")
-    held_out = BenchmarkSpec(
-        name="synthetic", kind="medqa", path=str(write_jsonl(tmp / "test.jsonl", medqa_rows(40, 2)))
-    )
-    return adapter, held_out
+    held_out = BenchmarkSpec(name="synthetic", kind="medqa", path=str(held_out_rows))
+    return adapter, held_out, medqa
 
 
 def test_trained_adapter_beats_its_base_in_the_harness(trained, tmp_path):
-    adapter, held_out = trained
-    results = run_eval(adapter, tmp_path, [held_out], with_keypoints=False, batch_size=16)
+    adapter, held_out, _ = trained
+    results = run_eval(adapter, tmp_path, [held_out], with_keypoints=False, batch_tokens=512)
     summary = results["benchmarks"][0]
     assert summary["items"] == 40
     assert summary["adapter_accuracy"] >= summary["base_accuracy"] + 40, summary
     assert summary["delta_ci95_pp"][0] > 0, "the interval excludes no gain"
     items = [json.loads(line) for line in (tmp_path / "eval_items.jsonl").read_text().splitlines()]
     assert len(items) == 40 and {"gold", "base_pred", "adapter_pred"} <= set(items[0])
+    assert set(results["phases"]) == {"load", "merge", "synthetic"} and results["eval_wall_s"] > 0
+    assert set(results["phases_by_side"]["synthetic"]) == {"base", "adapter"}
+
+
+def test_medqa_accuracy_during_training_follows_what_the_adapter_learns(trained):
+    """Scored at optimizer steps 10, 20 and 30 on the held-out items, the accuracy climbs as the loss falls, and the
+    last measurement is the trained adapter's own accuracy in `medqlora eval`'s scorer."""
+    adapter, held_out, medqa = trained
+    steps = [step for step, _, _ in medqa.history]
+    assert steps == [10, 20, 30]
+    assert medqa.history[-1][1] >= medqa.history[0][1] + 30, medqa.history
+    assert medqa.last_seconds > 0
 
 
 def test_merged_weights_give_the_unmerged_logits_without_peft(trained, tmp_path, tokenizer):
@@ -81,7 +96,7 @@ def test_merged_weights_give_the_unmerged_logits_without_peft(trained, tmp_path,
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    adapter, _ = trained
+    adapter, *_ = trained
     merged_dir = merge(adapter, tmp_path / "merged")
     assert not (merged_dir / "adapter_config.json").exists() and list(merged_dir.glob("*.safetensors"))
     merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.bfloat16).eval()
@@ -144,7 +159,7 @@ def test_model_card_holds_the_numbers_the_run_produced(tmp_path, monkeypatch):
 
 
 def test_generate_command_prints_one_answer_per_prompt(trained, tmp_path, capsys):
-    adapter, _ = trained
+    adapter, *_ = trained
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("A cardiac case. Which option?\n\nA renal case. Which option?\n")
     run(["generate", str(adapter), "--prompts-file", str(prompts), "--max-new-tokens", "3"])

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
-import torch
 from fixtures import medqa_rows, pubmedqa_rows
 from helpers import write_jsonl
 
 from medqlora.eval.items import BenchmarkSpec, Item, load_items
-from medqlora.eval.scoring import bootstrap_delta_pp, compare
+from medqlora.eval.scoring import bootstrap_delta_pp, summarise
 
 
 def test_items_read_the_benchmarks_columns(tmp_path):
@@ -41,31 +38,12 @@ def test_a_row_missing_a_column_names_benchmark_row_and_column(tmp_path):
         load_items(spec)
 
 
-class _Favouring(torch.nn.Module):
-    """A model whose next-token distribution always prefers one token id: with the adapter 'B', without 'A'."""
-
-    def __init__(self, tokenizer):
-        super().__init__()
-        self.weight = torch.nn.Parameter(torch.zeros(1))
-        self.vocab = len(tokenizer)
-        self.ids = {c: tokenizer(c, add_special_tokens=False)["input_ids"][0] for c in "AB"}
-        self.favour = "B"
-
-    @contextlib.contextmanager
-    def disable_adapter(self):
-        self.favour = "A"
-        yield
-        self.favour = "B"
-
-    def forward(self, input_ids, logits_to_keep, **kwargs):
-        logits = torch.zeros(input_ids.shape[0], logits_to_keep, self.vocab)
-        logits[..., self.ids[self.favour]] = 10.0
-        return type("Out", (), {"logits": logits})
-
-
-def test_scoring_picks_the_choice_the_model_prefers_and_counts_it_against_gold(tokenizer):
+def test_scoring_picks_the_choice_the_model_prefers_and_counts_it_against_gold():
+    """The base prefers 'A' on every item, the adapter 'B'; gold is 'B'."""
     items = [Item(f"q{i}", f"question {i}", ("A", "B", "C", "D"), gold=1) for i in range(5)]
-    summary, records = compare(_Favouring(tokenizer), tokenizer, items, "handmade", batch_size=2)
+    base = [[-0.1, -3.0, -3.0, -3.0]] * 5
+    tuned = [[-3.0, -0.1, -3.0, -3.0]] * 5
+    summary, records = summarise("handmade", items, base, tuned)
     assert [r["adapter_pred"] for r in records] == ["B"] * 5 and [r["base_pred"] for r in records] == ["A"] * 5
     assert summary["base_accuracy"] == 0 and summary["adapter_accuracy"] == 100 and summary["delta_pp"] == 100
     assert summary["delta_ci95_pp"] == [100, 100]

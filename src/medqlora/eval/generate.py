@@ -1,12 +1,10 @@
-"""Batched greedy generation with the Gemma 4 chat template (thinking on or off)."""
+"""Batched greedy generation with the Gemma 4 chat template (thinking on or off), through `eval.decode`."""
 
 from __future__ import annotations
 
-import torch
-from tqdm.auto import tqdm
-
 from medqlora.data.chat import END_OF_TURN, THOUGHT_CLOSE
-from medqlora.eval.scoring import BATCH_SIZE, left_pad, prompt_ids
+from medqlora.eval.decode import GreedyDecoder
+from medqlora.eval.scoring import prompt_ids
 
 MAX_NEW_TOKENS = 512
 """Longest generated answer, by default (`medqlora generate`, the key-point prompts)."""
@@ -29,7 +27,12 @@ def check_fits(prompts: list[list[int]], max_new_tokens: int, positions: int) ->
             )
 
 
-@torch.no_grad()
+def stop_ids(tokenizer) -> set[int]:
+    """Token ids that end an answer: the end of the model's turn, end of sequence, padding."""
+    ids = {tokenizer.convert_tokens_to_ids(END_OF_TURN), tokenizer.eos_token_id, tokenizer.pad_token_id}
+    return {i for i in ids if i is not None and i != tokenizer.unk_token_id}
+
+
 def generate(
     model,
     tokenizer,
@@ -37,24 +40,19 @@ def generate(
     *,
     thinking: bool = False,
     max_new_tokens: int = MAX_NEW_TOKENS,
-    batch_size: int = BATCH_SIZE,
+    batch_size: int | None = None,
     desc: str = "generating",
 ) -> list[str]:
-    """Greedy answers to user `prompts`, one per prompt, special tokens and thought channel removed."""
-    device = next(p for p in model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    """Greedy answers to user `prompts`, one per prompt, special tokens and thought channel removed.
+
+    batch_size: prompts decoded together (default: all of them)."""
     encoded = [prompt_ids(tokenizer, p, thinking) for p in prompts]
     check_fits(encoded, max_new_tokens, model.config.get_text_config().max_position_embeddings)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    decoder = GreedyDecoder(model, stop_ids(tokenizer), pad)
+    size = batch_size or max(len(encoded), 1)
     answers = []
-    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch"):
-        ids, mask = left_pad(encoded[start : start + batch_size], tokenizer, device)
-        width = ids.shape[1]
-        out = model.generate(
-            input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad
-        )
-        for row in out[:, width:]:
-            text = tokenizer.decode(row, skip_special_tokens=False).split(END_OF_TURN)[0]
-            for stop in {tokenizer.eos_token, tokenizer.pad_token} - {None}:
-                text = text.split(stop)[0]
-            answers.append(strip_thoughts(text))
+    for start in range(0, len(encoded), size):
+        for ids in decoder(encoded[start : start + size], max_new_tokens, desc):
+            answers.append(strip_thoughts(tokenizer.decode(ids, skip_special_tokens=False)))
     return answers

@@ -10,7 +10,8 @@ delta measures what was learnt, not a change of format.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import ClassVar, Literal
 
 from medqlora.data.benchmarks import BENCHMARK_LOCATIONS
@@ -49,6 +50,15 @@ class BenchmarkSpec(Location):
         if self.prompt not in ("training", "letter"):
             raise ValueError(f"benchmark {self.name!r}: prompt={self.prompt!r}; use 'training' or 'letter'")
         super().__post_init__()
+
+
+def with_source(spec: BenchmarkSpec, value: str | None) -> BenchmarkSpec:
+    """`spec` read from `value` instead: an existing file is a local path, anything else a hub id (None: unchanged)."""
+    if value is None:
+        return spec
+    if Path(value).exists():
+        return replace(spec, hub_id=None, path=value)
+    return replace(spec, hub_id=value, path=None)
 
 
 DEFAULT_BENCHMARKS = [BenchmarkSpec(name=kind, kind=kind, **where) for kind, where in BENCHMARK_LOCATIONS.items()]

@@ -15,9 +15,6 @@ from pathlib import Path
 
 import yaml
 
-from medqlora.eval.generate import MAX_NEW_TOKENS, generate
-from medqlora.eval.scoring import BATCH_SIZE
-
 
 @dataclass(frozen=True)
 class KeyPointPrompt:
@@ -70,23 +67,10 @@ def score(answers: dict[str, str], prompts: list[KeyPointPrompt]) -> dict:
     return {"average": average, "disciplines": disciplines, "prompts": per_prompt}
 
 
-def compare(
-    model,
-    tokenizer,
-    prompts: list[KeyPointPrompt],
-    *,
-    max_new_tokens: int = MAX_NEW_TOKENS,
-    thinking: bool = False,
-    batch_size: int = BATCH_SIZE,
-) -> tuple[dict, list[dict]]:
-    """Generate with the adapter off (base) and on; hit rates for both and one record per prompt."""
-    texts = [p.prompt for p in prompts]
-    kwargs = {"thinking": thinking, "max_new_tokens": max_new_tokens, "batch_size": batch_size}
-    with model.disable_adapter():
-        base = generate(model, tokenizer, texts, desc="key points base", **kwargs)
-    tuned = generate(model, tokenizer, texts, desc="key points adapter", **kwargs)
-    base_scores = score(dict(zip([p.id for p in prompts], base)), prompts)
-    tuned_scores = score(dict(zip([p.id for p in prompts], tuned)), prompts)
+def summarise(prompts: list[KeyPointPrompt], base: list[str], tuned: list[str]) -> tuple[dict, list[dict]]:
+    """Hit rates of the base's and the adapter's answers (in `prompts`' order), and one record per prompt."""
+    ids = [p.id for p in prompts]
+    base_scores, tuned_scores = score(dict(zip(ids, base)), prompts), score(dict(zip(ids, tuned)), prompts)
     records = [
         {
             "benchmark": "keypoints",
@@ -97,6 +81,6 @@ def compare(
             "base_hits": hits(b, p),
             "adapter_hits": hits(t, p),
         }
-        for p, b, t in zip(prompts, base, tuned)
+        for p, b, t in zip(prompts, base, tuned, strict=True)
     ]
     return {"base": base_scores, "adapter": tuned_scores}, records

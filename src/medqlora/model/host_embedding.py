@@ -83,6 +83,10 @@ class HostEmbedding(nn.Module):
             rows = ready[1]
         else:
             rows = self.gather(input_ids).to(input_ids.device, non_blocking=True)
+        return self.scaled(rows)
+
+    def scaled(self, rows: torch.Tensor) -> torch.Tensor:
+        """Gathered rows (`gather`, on any device) times the embedding's scale, as `forward` returns them."""
         key = (rows.device, rows.dtype)
         if key not in self._scale_on:  # not per call: a host-to-GPU copy inside a CUDA graph capture is an error
             self._scale_on[key] = torch.tensor(self.scale, dtype=rows.dtype, device=rows.device)

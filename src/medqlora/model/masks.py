@@ -32,3 +32,43 @@ def packed_attention_masks(position_ids: torch.Tensor, sliding_window: int | Non
     if sliding_window is not None:
         masks["sliding_attention"] = (full & (q[None, :] > q[:, None] - sliding_window))[:, None]
     return masks
+
+
+def shared_prompt_masks(
+    group_ids: torch.Tensor, branch_ids: torch.Tensor, position_ids: torch.Tensor, sliding_window: int | None
+) -> dict[str, torch.Tensor]:
+    """Boolean [batch, 1, T, T] masks for rows that pack several prompts, each followed by its continuations.
+
+    A query sees the keys at or before it of its own group (one prompt and its continuations) that are in the prompt
+    (branch 0) or in its own continuation, so every continuation is scored as if it alone followed the prompt.
+    Sliding-window layers see only keys fewer than `sliding_window` positions back (positions, not columns:
+    continuations of one prompt share positions)."""
+    length = group_ids.shape[1]
+    q = torch.arange(length, device=group_ids.device)
+    causal = q[None, :] <= q[:, None]
+    same_group = group_ids[:, :, None] == group_ids[:, None, :]
+    visible = (branch_ids[:, None, :] == 0) | (branch_ids[:, :, None] == branch_ids[:, None, :])
+    full = causal & same_group & visible
+    masks = {"full_attention": full[:, None]}
+    if sliding_window is not None:
+        near = position_ids[:, :, None] - position_ids[:, None, :] < sliding_window
+        masks["sliding_attention"] = (full & near)[:, None]
+    return masks
+
+
+def cache_masks(
+    query_slots: torch.Tensor, first_slot: torch.Tensor, length: int, sliding_window: int | None
+) -> dict[str, torch.Tensor]:
+    """Boolean [batch, 1, T, length] masks for queries at cache slots `query_slots` [T] over a KV cache of `length`
+    slots, in which row r's tokens start at slot `first_slot[r]` (left padding before it).
+
+    A query sees the row's keys at or before its slot; sliding-window layers only those fewer than `sliding_window`
+    slots back. A padding query sees itself, so no row of the attention is empty (an empty row is NaN, and NaN keys
+    would reach real queries through the zero weights of a masked softmax)."""
+    k = torch.arange(length, device=query_slots.device)[None, None, :]
+    q = query_slots[None, :, None]
+    full = ((k <= q) & (k >= first_slot[:, None, None])) | (k == q)
+    masks = {"full_attention": full[:, None]}
+    if sliding_window is not None:
+        masks["sliding_attention"] = (full & (q - k < sliding_window))[:, None]
+    return masks
