@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import signal
@@ -73,7 +74,11 @@ def test_the_recipe_is_the_model_cards(capsys):
 @pytest.mark.parametrize("subcommand", ["fit", "validate", "test", "predict"])
 def test_tiny_fast_dev_run(tmp_path, monkeypatch, subcommand):
     monkeypatch.chdir(tmp_path)
-    cli = run([subcommand, "--config", str(TINY), "--trainer.fast_dev_run", "2"])
+    if subcommand == "fit":
+        cli = run([subcommand, "--config", str(TINY), "--trainer.fast_dev_run", "2"])
+    else:  # without --ckpt_path there is nothing trained to score, and the user is told so
+        with pytest.warns(UserWarning, match=f"{subcommand} without --ckpt_path scores a freshly initialised adapter"):
+            cli = run([subcommand, "--config", str(TINY), "--trainer.fast_dev_run", "2"])
     assert cli.trainer.state.finished
     if subcommand == "predict":
         assert cli.trainer.predict_loop.predictions[0]["preds"].numel() > 0
@@ -149,7 +154,7 @@ def test_tiny_fit_writes_a_run_directory_and_resumes(tmp_path, monkeypatch):
 )
 def test_bad_values_fail_naming_field_and_value(args, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises((SystemExit, ValueError)) as err:
+    with pytest.raises((SystemExit, ValueError, argparse.ArgumentError)) as err:
         run(["fit", "--config", str(TINY), "--trainer.fast_dev_run", "1", *args])
     text = capsys.readouterr().err + str(err.value)
     assert message in text
@@ -174,7 +179,8 @@ def test_asking_for_a_gpu_without_one_says_so(tmp_path, monkeypatch):
 
 def test_max_length_beyond_the_models_positions_fails_at_parse_time(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises((SystemExit, ValueError), match=r"data.max_length=100000 exceeds the 4096 positions"):
+    refused = (SystemExit, ValueError, argparse.ArgumentError)
+    with pytest.raises(refused, match=r"data.max_length=100000 exceeds the 4096 positions"):
         run(["fit", "--config", str(TINY), "--data.max_length", "100000"])
     assert not Path("runs").exists()  # nothing was built or written
 
@@ -356,3 +362,23 @@ def test_the_recipe_runs_on_local_files_with_the_shipped_overlay(tmp_path, monke
     }
     assert sources["alpacare"]["removed"].get("eval_contamination") == 1
     assert all(s["train_rows"] > 0 for s in sources.values())
+
+
+@pytest.mark.faults
+def test_two_runs_started_in_the_same_second_get_two_run_directories(tmp_path, monkeypatch):
+    """The other run took this second's directory first: this one reserves the next name, and leaves that one be."""
+    import medqlora.cli as cli_module
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli_module.time, "strftime", lambda fmt: "20261201-120000")
+    taken = Path("runs/tiny/20261201-120000")
+    taken.mkdir(parents=True)
+    (taken / "metrics.csv").write_text("step,train/loss\n0,1.0\n")
+    run(["fit", "--config", str(TINY), "--trainer.max_steps", "1"])
+    assert sorted(p.name for p in Path("runs/tiny").iterdir()) == ["20261201-120000", "20261201-120000-2"]
+    assert (taken / "metrics.csv").read_text() == "step,train/loss\n0,1.0\n"
+    assert (Path("runs/tiny/20261201-120000-2") / "adapter" / "adapter_model.safetensors").is_file()
+    # and the next one after both
+    assert cli_module._reserve_stamp("20261201-120000", [{"save_dir": "runs", "name": "tiny"}], str, True) == (
+        "20261201-120000-3"
+    )

@@ -60,7 +60,8 @@ def test_merge_refuses_a_folder_that_holds_files_and_names_force(run_dir, tmp_pa
 def test_merge_into_the_run_directory_itself_is_refused(run_dir, capsys):
     before = sorted(p.name for p in run_dir.iterdir())
     assert main(["merge", str(run_dir / "adapter"), str(run_dir)]) == 1
-    assert "--force" in error_line(capsys)
+    line = error_line(capsys)  # refused as a folder holding what merge reads, not as one --force could replace
+    assert str(run_dir) in line and "which it reads" in line and "add --force" not in line
     assert sorted(p.name for p in run_dir.iterdir()) == before
 
 
@@ -149,3 +150,40 @@ def test_outputs_get_the_users_umask(tmp_path, monkeypatch):
     ):
         assert stat.S_IMODE((made / name).stat().st_mode) == 0o664, name
     assert stat.S_IMODE((made / "adapter").stat().st_mode) == 0o775
+
+
+@pytest.mark.faults
+def test_force_never_replaces_what_a_command_reads_or_a_run(run_dir, tmp_path, capsys):
+    """merge into its own adapter, into the run holding it, or into a folder inside it; curves over the run's own
+    files or a folder: refused naming the path even with --force, and nothing is touched."""
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+    other_run = tmp_path / "other"
+    other_run.mkdir()
+    (other_run / "metrics.csv").write_text("step,train/loss\n0,1.0\n")
+    cases = [
+        (["merge", str(run_dir / "adapter"), str(run_dir / "adapter"), "--force"], "which it reads"),
+        (["merge", str(run_dir / "adapter"), str(run_dir), "--force"], "which it reads"),
+        (["merge", str(run_dir / "adapter"), str(run_dir / "adapter" / "merged"), "--force"], "which it reads"),
+        (["merge", str(run_dir / "adapter"), str(other_run), "--force"], "holds a training run or an adapter"),
+        (["curves", str(run_dir), str(run_dir / "metrics.csv"), "--force"], "is not a .png picture"),
+        (["curves", str(run_dir), str(other_run), "--force"], "is not a .png picture"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 1, argv
+        line = error_line(capsys)
+        assert message in line and argv[2] in line, line
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()} == before
+    assert (other_run / "metrics.csv").read_text().startswith("step")
+
+
+@pytest.mark.faults
+def test_card_and_curves_refuse_what_is_not_a_run_or_holds_no_values(run_dir, tmp_path, capsys):
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    assert main(["card", str(stray)]) == 1
+    assert "is not a run directory" in error_line(capsys) and not (stray / "adapter").exists()
+    empty = tmp_path / "empty-run"
+    empty.mkdir()
+    (empty / "metrics.csv").write_text("")
+    assert main(["curves", str(empty)]) == 1
+    assert "holds no logged values" in error_line(capsys) and not (empty / "curves.png").exists()

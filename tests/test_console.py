@@ -72,3 +72,32 @@ def test_help_lists_every_command_and_each_has_its_own_help(tmp_path, capsys):
         assert main([name, "--help"]) == 0, name
         assert "usage:" in capsys.readouterr().out, name
     assert main([]) == 2 and "fit" in capsys.readouterr().err
+
+
+@pytest.mark.faults
+def test_an_unknown_command_or_a_fit_without_a_config_is_a_usage_error_naming_the_way_out(
+    capsys, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    assert main(["bogus"]) == 2
+    line = capsys.readouterr().err.strip()
+    assert "unknown command 'bogus'" in line and all(name in line for name in ("fit", "eval", "generate", "curves"))
+    assert main(["fit", "--trainer.max_steps", "1"]) == 2
+    assert "fit needs --config: configs/tiny.yaml" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir()), "nothing was trained or written"
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize(
+    "args, line",
+    [
+        (["--model.lora.bogus", "3"], "model.lora: Option 'bogus' is not accepted"),
+        (["--data.packing", "maybe"], "data.packing: Expected a <class 'bool'>. Got value: maybe"),
+        (["--model.optimizer", "sgd"], "model.optimizer: Expected a typing.Literal["),
+    ],
+)
+def test_a_value_the_parser_refuses_is_one_line_naming_the_key(args, line, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", "--config", str(TINY), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and line in err[0] and "usage:" not in err[0], err

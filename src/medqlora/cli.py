@@ -8,17 +8,21 @@ in-process, returning the LightningCLI object, for tests and notebooks.
 
 from __future__ import annotations
 
+import argparse
 import errno
+import itertools
 import os
 import signal
 import sys
 import time
 import traceback
 import warnings
+from pathlib import Path
 
 import torch
 import yaml
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_warn
 
 from medqlora import __version__
 from medqlora.callbacks.interrupt import CheckpointOnInterrupt
@@ -100,21 +104,63 @@ class MedQLoRACLI(LightningCLI):
                 f"{torch.__version__}, CUDA build: {torch.version.cuda}); use --trainer.accelerator cpu "
                 "or install a CUDA build of torch"
             )
+        if self.subcommand in ("validate", "test", "predict") and not config.get("ckpt_path"):
+            rank_zero_warn(
+                f"medqlora {self.subcommand} without --ckpt_path scores a freshly initialised adapter (LoRA B is "
+                "zero: the base model); pass --ckpt_path runs/<name>/<version>/checkpoints/last.ckpt for a trained one"
+            )
         if config.get("weights_only") is None and "weights_only" in config:
             config.weights_only = True  # medqlora's checkpoints hold tensors and plain containers only
         # ranks started by Lightning's launcher re-run this command later: they reuse rank 0's stamp
         relaunched = os.environ.get("LOCAL_RANK", "0") != "0" and "MEDQLORA_RUN_STAMP" in os.environ
-        stamp = os.environ["MEDQLORA_RUN_STAMP"] if relaunched else time.strftime("%Y%m%d-%H%M%S")
-        os.environ["MEDQLORA_RUN_STAMP"] = stamp
-        if self.subcommand != "fit":
-            version = f"{self.subcommand}-{stamp}"
-        else:
-            version = (self.resumed or {}).get("run_version") or stamp
         loggers = config.trainer.logger if isinstance(config.trainer.logger, list) else [config.trainer.logger]
-        for logger in loggers:
-            init = getattr(logger, "init_args", None)
-            if init is not None and "version" in init and init.version is None:
-                init.version = version
+        unnamed = [i for i in (getattr(lg, "init_args", None) for lg in loggers) if i and "version" in i]
+        unnamed = [init for init in unnamed if init.version is None]
+        continued = self.subcommand == "fit" and (self.resumed or {}).get("run_version")
+
+        def version_of(stamp: str) -> str:
+            return continued or (stamp if self.subcommand == "fit" else f"{self.subcommand}-{stamp}")
+
+        if relaunched:
+            stamp = os.environ["MEDQLORA_RUN_STAMP"]
+        else:
+            stamp = _reserve_stamp(time.strftime("%Y%m%d-%H%M%S"), unnamed, version_of, reserve=not continued)
+        os.environ["MEDQLORA_RUN_STAMP"] = stamp
+        for init in unnamed:
+            init.version = version_of(stamp)
+
+
+def _reserve_stamp(stamp: str, loggers: list, version_of, reserve: bool) -> str:
+    """`stamp`, or `stamp-2`, `stamp-3`, ...: the first whose run directory no logger has yet, reserved by creating
+    it (an exclusive mkdir), so two runs started in the same second never share one. `reserve=False` (a resumed
+    fit continues its own directory) returns `stamp` as it is."""
+    places = [Path(str(init.get("save_dir") or ".")) / str(init.get("name") or "") for init in loggers]
+    if not reserve or not places:
+        return stamp
+    for n in itertools.count(1):
+        candidate = stamp if n == 1 else f"{stamp}-{n}"
+        directories = [place / version_of(candidate) for place in places]
+        if any(d.exists() for d in directories):
+            continue
+        made = [d for d in (directories[0], *directories[0].parents) if not d.exists()]  # deepest first
+        try:
+            directories[0].mkdir(parents=True)
+        except FileExistsError:  # another run took it between the check and the mkdir
+            continue
+        _RESERVED.extend(made)
+        return candidate
+    raise AssertionError("unreachable")
+
+
+_RESERVED: list[Path] = []  # what this process made for its run directory; a run failing before it writes gives it back
+
+
+def _release_unused() -> None:
+    """Remove the run directory (and the folders made for it) reserved by a run that failed before writing."""
+    for directory in _RESERVED:  # deepest first
+        if directory.is_dir() and not any(directory.iterdir()):
+            directory.rmdir()
+    _RESERVED.clear()
 
 
 def run(args: list[str] | None = None) -> MedQLoRACLI | None:
@@ -126,8 +172,13 @@ def run(args: list[str] | None = None) -> MedQLoRACLI | None:
         return run_command(argv)
     # main() hands over sys.argv without --verbose; LightningCLI would warn that both were given
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python")
+    # parse errors raise (one line in main) instead of printing the whole usage before jsonargparse's message
+    no_exit = {"exit_on_error": False, **{name: {"exit_on_error": False} for name in TRAINING_COMMANDS}}
+    _RESERVED.clear()
     try:
-        return MedQLoRACLI(QLoRAModule, MedicalMixDataModule, args=argv, save_config_kwargs={"overwrite": True})
+        return MedQLoRACLI(
+            QLoRAModule, MedicalMixDataModule, args=argv, save_config_kwargs={"overwrite": True}, parser_kwargs=no_exit
+        )
     except torch.OutOfMemoryError as err:
         raise SystemExit(
             f"CUDA out of memory ({str(err).splitlines()[0]}). Lower data.micro_batch_size or "
@@ -142,6 +193,20 @@ def run(args: list[str] | None = None) -> MedQLoRACLI | None:
             "trainer.default_root_dir to a larger disk; checkpoints and adapters are written "
             "atomically, so the previous copies are intact."
         ) from err
+    finally:
+        _release_unused()  # a run that failed before writing leaves no empty directory behind
+
+
+def one_line(message: str) -> str:
+    """jsonargparse's multi-line report as its key and first real reason: `model.lora: Option 'bogus' is not
+    accepted` rather than the union's subtypes, the rejected `None` and the value's repr."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    key = next((line.split('"')[1] for line in lines if line.startswith('Parser key "')), None)
+    noise = ("Parser key", "Does not validate", "Subtypes:", "Errors:", "Given value", "- Expected a <class 'NoneType")
+    reasons = [line.removeprefix("- ") for line in lines if not line.startswith(noise)]
+    reasons = [r for r in reasons if not r.startswith("Problem with given class_path")] or reasons or lines[:1]
+    reason = reasons[0] if reasons else message
+    return f"{key}: {reason}" if key and not reason.startswith(key) else reason
 
 
 def interrupted_by(cli: MedQLoRACLI | None) -> int | None:
@@ -165,12 +230,29 @@ def main(args: list[str] | None = None) -> int:
     if argv[0] == "--version":
         print(f"medqlora {__version__}")
         return 0
+    known = {**TRAINING_COMMANDS, **COMMANDS}
+    if argv[0] not in known:
+        print(f"medqlora: error: unknown command {argv[0]!r}; choose one of {', '.join(known)}", file=sys.stderr)
+        return 2
+    asking_help = any(a in ("-h", "--help") or a.startswith("--print_config") for a in argv)
+    if argv[0] in TRAINING_COMMANDS and not asking_help and not any(a.startswith("--config") for a in argv):
+        print(
+            f"medqlora: error: {argv[0]} needs --config: configs/tiny.yaml (the tiny offline default) or "
+            "configs/gemma4-e2b-medical.yaml (the recipe); without one nothing says where the run goes",
+            file=sys.stderr,
+        )
+        return 2
     try:
         cli = run(argv)
     except KeyboardInterrupt:
         print("medqlora: interrupted", file=sys.stderr)
         return 128 + signal.SIGINT
-    except SystemExit as exit_:  # argparse and jsonargparse print their own usage errors and exit 2
+    except argparse.ArgumentError as err:  # a value the parser refuses: a usage error
+        if verbose:
+            traceback.print_exc()
+        print(f"medqlora: error: {one_line(str(err))}  (medqlora {argv[0]} --help lists the options)", file=sys.stderr)
+        return 2
+    except SystemExit as exit_:  # argparse prints its own usage errors and exits 2
         if isinstance(exit_.code, str):
             print(f"medqlora: error: {exit_.code}", file=sys.stderr)
             return 1
@@ -178,7 +260,7 @@ def main(args: list[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001 - the console's contract: one line, not a traceback
         if verbose:
             traceback.print_exc()
-        message = str(err).strip() or type(err).__name__
+        message = one_line(str(err)) or type(err).__name__
         hint = "" if verbose else "  (--verbose shows the traceback)"
         print(f"medqlora: error: {message}{hint}", file=sys.stderr)
         return 1

@@ -97,11 +97,38 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _refuse_to_replace(path: Path, what: str) -> None:
-    """Never delete or overwrite what the user made: an existing non-empty target needs --force."""
-    if (path.is_dir() and any(path.iterdir())) or path.is_file():
+RUN_MARKERS = ("config.yaml", "metrics.csv", "checkpoints", "adapter_config.json")
+"""What makes a folder a training run or an adapter: `--force` never replaces one."""
+
+
+def _refuse_to_replace(path: Path, what: str, force: bool, reads: tuple[Path, ...] = ()) -> None:
+    """Never delete or overwrite what the user made, and never what the command reads or what holds a run.
+
+    A target that is, holds or lies inside a path the command reads (`reads`), or a folder holding a run or an
+    adapter, is refused whatever `force` says; any other existing non-empty target needs `force`."""
+    target = path.resolve()
+    for source in reads:
+        source_path = source.resolve()
+        if target == source_path or source_path.is_relative_to(target) or target.is_relative_to(source_path):
+            raise ValueError(f"{what} {path} is, holds or lies inside {source}, which it reads; choose another path")
+    marker = next((m for m in RUN_MARKERS if path.is_dir() and (path / m).exists()), None)
+    if marker is not None:
+        raise ValueError(
+            f"{what} {path} holds a training run or an adapter ({marker}), which --force never replaces; "
+            "choose a new path"
+        )
+    if not force and ((path.is_dir() and any(path.iterdir())) or path.is_file()):
         raise FileExistsError(
             f"{what} {path} already exists and is not empty; choose a new path or add --force to replace it"
+        )
+
+
+def _check_run_dir(run_dir: Path, command: str) -> None:
+    """`run_dir` must be a run directory (its resolved config or its metrics), not any folder."""
+    if not run_dir.is_dir() or not any((run_dir / m).is_file() for m in ("config.yaml", "metrics.csv")):
+        raise FileNotFoundError(
+            f"{command}: {run_dir} is not a run directory (no config.yaml or metrics.csv); pass the folder a run "
+            "wrote, runs/<name>/<version>"
         )
 
 
@@ -124,19 +151,23 @@ def run(argv: list[str]) -> None:
     if args.command == "curves":
         from medqlora.callbacks.curves import plot_curves
 
-        if args.out is not None and not args.force:
-            _refuse_to_replace(args.out, "curves: OUT")
+        if args.out is not None:
+            if args.out.is_dir() or (args.out.exists() and args.out.suffix != ".png"):
+                raise ValueError(f"curves: OUT {args.out} exists and is not a .png picture; choose a new .png path")
+            _refuse_to_replace(args.out, "curves: OUT", args.force, reads=(args.run_dir / "metrics.csv",))
         print(plot_curves(args.run_dir, args.out))
     elif args.command == "card":
+        from medqlora.model.adapter import check_adapter_dir
         from medqlora.model.card import write_model_card
 
+        _check_run_dir(args.run_dir, "card")
+        check_adapter_dir(args.adapter or args.run_dir / "adapter")
         print(write_model_card(args.run_dir, args.adapter))
     elif args.command == "merge":
         from medqlora.model.adapter import check_adapter_dir, merge
 
         check_adapter_dir(args.adapter)
-        if not args.force:
-            _refuse_to_replace(args.out, "merge: OUT")
+        _refuse_to_replace(args.out, "merge: OUT", args.force, reads=(args.adapter,))
         print(merge(args.adapter, args.out, args.base))
     elif args.command == "generate":
         from medqlora.eval.generate import generate

@@ -139,3 +139,13 @@ def test_more_than_half_lost_at_any_stage_is_named_with_reason_and_fix():
         "source 'optional'",
     ]
     assert len(errors) == 1 and errors[0].startswith("source 'gone' has no training row left")
+
+
+@pytest.mark.faults
+def test_no_validation_split_is_a_legal_choice_that_trains_and_says_so(tiny_dir, recwarn):
+    dm = MedicalMixDataModule(max_length=256, micro_batch_size=2, seed=5, val_fraction=0.0)
+    dm.setup("fit")
+    assert len(dm.val_set) == 0 and len(dm.train_set) > 0
+    assert list(dm.val_dataloader()) == [] and next(iter(dm.train_dataloader()))["input_ids"].shape[0] == 2
+    assert any("validation split is empty (data.val_fraction=0.0" in str(w.message) for w in recwarn)
+    assert all(source["val_rows"] == 0 for source in dm.card.content["sources"].values())

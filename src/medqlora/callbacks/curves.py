@@ -44,6 +44,8 @@ def plot_curves(run_dir: str | Path, out: str | Path | None = None, panels: list
             f"{metrics} not found: point at a run directory written by CSVLogger (runs/<name>/<version>/)"
         )
     series = read_metrics(metrics)
+    if not series:
+        raise ValueError(f"{metrics} holds no logged values (empty, or a header only): nothing to draw yet")
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
     for ax, (title, columns) in zip(axes[0], panels):
         for column, label in columns:
@@ -80,5 +82,5 @@ class TrainingCurves(Callback):
             return
         for logger in trainer.loggers:
             logger.save()
-        if (directory / METRICS_FILE).is_file():
+        if (directory / METRICS_FILE).is_file() and read_metrics(directory / METRICS_FILE):  # something to draw
             rank_zero_info(f"medqlora: curves written to {plot_curves(directory, panels=self.panels)}")

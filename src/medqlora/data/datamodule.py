@@ -13,7 +13,7 @@ from typing import Literal
 
 import lightning as L
 import torch
-from datasets import Dataset
+from datasets import Dataset, Features, Sequence, Value
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
@@ -29,6 +29,17 @@ from medqlora.data.collate import (
 from medqlora.data.mix import EvalQuestions, SamplePolicy, benchmark_questions, build_mix
 from medqlora.data.sources import Conversation, ReasoningMode, SourceSpec
 from medqlora.hub import load_tokenizer, max_positions
+
+ENCODED_COLUMNS = ("row_id", "source", "input_ids", "labels", "length")
+ENCODED_FEATURES = Features(
+    {
+        "row_id": Value("string"),
+        "source": Value("string"),
+        "input_ids": Sequence(Value("int32")),
+        "labels": Sequence(Value("int64")),
+        "length": Value("int64"),
+    }
+)  # of an empty split; a filled one gets whatever `map` infers
 
 
 def sample_sources() -> list[SourceSpec]:
@@ -150,6 +161,12 @@ class MedicalMixDataModule(L.LightningDataModule):
         self.train_set, train_drops = self._encode(mix.train, "train")
         self.val_set, val_drops = self._encode(mix.val, "val")
         self.card = DataCard.from_run(self, mix, train_drops, val_drops)
+        if len(self.val_set) == 0:
+            rank_zero_warn(
+                f"medqlora data: the validation split is empty (data.val_fraction={self.val_fraction}, "
+                f"{len(self.train_set)} training rows): training runs without validation, so no val/loss, no "
+                "adapter-best/, and checkpoints keep the last step only; raise data.val_fraction to validate"
+            )
         warnings, errors = source_losses(self.card.content, {s.name: s.required for s in self.sources})
         for warning in warnings:
             rank_zero_warn(f"medqlora data: {warning}")
@@ -158,6 +175,8 @@ class MedicalMixDataModule(L.LightningDataModule):
 
     def _encode(self, convs: Dataset, split: str) -> tuple[Dataset, dict[str, dict[str, int]]]:
         tokenizer, max_length, truncation = self.tokenizer, self.max_length, self.truncation
+        if len(convs) == 0:  # `map` adds no columns to an empty split (a legal one: val_fraction 0, or tiny data)
+            return Dataset.from_dict({c: [] for c in ENCODED_COLUMNS}, features=ENCODED_FEATURES), {}
 
         def tokenise(row: dict) -> dict:
             conv = Conversation(row["user"], row["answer"], row["reasoning"], row["system"])
@@ -174,7 +193,7 @@ class MedicalMixDataModule(L.LightningDataModule):
                 drops.setdefault(source, {}).setdefault(reason, 0)
                 drops[source][reason] += 1
         kept = encoded.filter(lambda r: r["drop_reason"] is None, desc=f"{split}: drop unusable rows")
-        return kept.select_columns(["row_id", "source", "input_ids", "labels", "length"]), drops
+        return kept.select_columns(list(ENCODED_COLUMNS)), drops
 
     # -- loaders ------------------------------------------------------------------------------------
     def batch_sampler(self, data: Dataset, shuffle: bool):
