@@ -16,6 +16,7 @@ from pathlib import Path
 from medqlora.data.benchmarks import BENCHMARK_LOCATIONS
 from medqlora.eval.generate import MAX_NEW_TOKENS
 from medqlora.eval.scoring import BATCH_TOKENS
+from medqlora.runs import CONFIG_FILE, METRICS_FILE
 
 COMMANDS = {
     "eval": "MedQA, PubMedQA and clinical key points, base vs adapter in one load; updates the model card",
@@ -97,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-RUN_MARKERS = ("config.yaml", "metrics.csv", "checkpoints", "adapter_config.json")
+RUN_MARKERS = (CONFIG_FILE, METRICS_FILE, "checkpoints", "adapter_config.json")
 """What makes a folder a training run or an adapter: `--force` never replaces one."""
 
 
@@ -125,7 +126,7 @@ def _refuse_to_replace(path: Path, what: str, force: bool, reads: tuple[Path, ..
 
 def _check_run_dir(run_dir: Path, command: str) -> None:
     """`run_dir` must be a run directory (its resolved config or its metrics), not any folder."""
-    if not run_dir.is_dir() or not any((run_dir / m).is_file() for m in ("config.yaml", "metrics.csv")):
+    if not run_dir.is_dir() or not any((run_dir / m).is_file() for m in (CONFIG_FILE, METRICS_FILE)):
         raise FileNotFoundError(
             f"{command}: {run_dir} is not a run directory (no config.yaml or metrics.csv); pass the folder a run "
             "wrote, runs/<name>/<version>"

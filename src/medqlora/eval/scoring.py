@@ -114,14 +114,9 @@ def auto_batch_tokens(model) -> int:
     return int(min(max(free // 4 // per_token, 1024), 65536))
 
 
-def _read(batch: list[_Row], sliced: bool) -> tuple[torch.Tensor, list[tuple[int, int, int, int]]]:
-    """Each row's columns that predict a choice token ([rows, K], a row padded with its last column), and per
-    scored token (row, index of its predicting state in the output, target id, pair): with `sliced` the output holds
-    the kept columns only (`model.kv_shared.only_at`)."""
-    read = [sorted({col for col, _, _ in row.scored}) or [0] for row in batch]
-    keep = torch.tensor([cols + cols[-1:] * (max(map(len, read)) - len(cols)) for cols in read])
-    at = [{col: k if sliced else col for k, col in enumerate(cols)} for cols in read]
-    return keep, [(r, at[r][col], target, pair) for r, row in enumerate(batch) for col, target, pair in row.scored]
+def _read_columns(batch: list[_Row]) -> list[list[int]]:
+    """Each row's columns that predict a choice token, in order (a row with none reads column 0)."""
+    return [sorted({col for col, _, _ in row.scored}) or [0] for row in batch]
 
 
 @torch.no_grad()
@@ -137,14 +132,17 @@ def _batch_logprobs(model, batch: list[_Row], width: int, pad: int, totals: torc
     masks = shared_prompt_masks(
         columns["group"].to(device), columns["branch"].to(device), positions, text.config.sliding_window
     )
-    keep, _ = _read(batch, sliced=True)
+    read = _read_columns(batch)
+    keep = torch.tensor([cols + cols[-1:] * (max(map(len, read)) - len(cols)) for cols in read])  # padded, [rows, K]
     with only_at(text, keep.to(device)) as sliced:  # the KV-shared layers compute only the read columns
         hidden = text(
             **embedded_inputs(model, ids, ple_rows_for(model, columns["ids"], device)),
             attention_mask=masks,
             position_ids=positions,
         ).last_hidden_state
-    _, entries = _read(batch, sliced)
+    # where each scored token's predicting state is in the output: its index among the kept columns when sliced
+    at = [{col: k if sliced else col for k, col in enumerate(cols)} for cols in read]
+    entries = [(r, at[r][col], target, pair) for r, row in enumerate(batch) for col, target, pair in row.scored]
     if not entries:  # every choice of these items is empty: log p = 0
         return
     scored = torch.tensor(entries).to(device)
