@@ -60,3 +60,28 @@ class PleReport(L.Callback):
         report = {"rank": trainer.global_rank, "mapped": sorted(mapped), "rows_sum": float(rows.double().sum())}
         with open(f"{self.path}-{trainer.global_rank}.json", "w") as f:
             json.dump(report, f)
+
+
+class GradientLog(L.Callback):
+    """Saves rank 0's adapter gradients, as the optimizer is about to see them (after DDP's reduction), to
+    `<path>-<step>.pt` for each optimizer step."""
+
+    def __init__(self, path: str = "grads"):
+        self.path = path
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        import torch
+
+        if trainer.global_rank == 0:
+            grads = {n: p.grad.detach().clone() for n, p in pl_module.named_parameters() if p.grad is not None}
+            torch.save(grads, f"{self.path}-{trainer.global_step}.pt")
+
+
+class SignalAtSetup(L.Callback):
+    """Sends this process `signum` as the trainer sets up: after the model and data are built, before training."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        self.signum = signum
+
+    def setup(self, trainer, pl_module, stage):
+        os.kill(os.getpid(), self.signum)

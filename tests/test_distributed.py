@@ -3,8 +3,8 @@ with twice the accumulation on the same data.
 
 Why they must agree: rank r trains on batches r, r+2, r+4, ... of the epoch's batch plan, so with accumulation
 k an optimizer step of the 2-rank run averages the same 2k micro-batch losses as a step of the 1-rank run with
-accumulation 2k. Dropout is off (its masks are drawn per micro-batch). Tolerance: 1e-4 relative on each
-adapter tensor (the sums run in a different order; fp32 compute keeps bf16 rounding out of it).
+accumulation 2k. Dropout is off (its masks are drawn per micro-batch); fp32 compute keeps bf16 rounding out of
+it. The first step's reduced gradients agree to rounding; the adapters after 3 steps to 1% (see the test).
 """
 
 from __future__ import annotations
@@ -91,21 +91,32 @@ def _fit(
 RECIPE_SWITCHES = recipe_speed_switches(("compile_layers", "loss_grad_in_forward"))
 
 
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    """|a - b| / |b| over the whole tensor (0 when both are zero)."""
+    return float((a - b).norm() / b.norm()) if b.norm() > 0 else float((a - b).norm())
+
+
 @pytest.mark.faults
 @pytest.mark.parametrize("switches", [[], RECIPE_SWITCHES], ids=["default", "recipe-switches"])
 def test_two_rank_ddp_equals_one_rank_with_twice_the_accumulation(tmp_path, switches):
-    ddp = _fit(tmp_path / "ddp", devices=2, accumulate=1, switches=switches)
-    single = _fit(tmp_path / "single", devices=1, accumulate=2, switches=switches)
+    log = ["--trainer.callbacks+=faults_helpers.GradientLog", "--trainer.callbacks.path=grads"]
+    ddp = _fit(tmp_path / "ddp", 2, 1, STEPS, *log, switches=switches)
+    single = _fit(tmp_path / "single", 1, 2, STEPS, *log, switches=switches)
     assert ddp.keys() == single.keys() and any("lora_B" in k for k in ddp)
-    moved = [k for k in ddp if "lora_B" in k and ddp[k].abs().max() > 0]
-    assert moved, "the adapter trained"
-    # (g1 + g2) / 2 over ranks and g1 / 2 + g2 / 2 over micro-batches round differently, and Adam's first steps
-    # (update ~ lr * g / |g|) amplify a last-bit difference: on a 2-core AVX512-BF16 machine up to 4.7e-4 in 67 of
-    # 109,568 weights of magnitude ~0.1 after 3 steps; one rank's gradient alone (no reduction) would move most of them
-    for name in ddp:
-        torch.testing.assert_close(ddp[name], single[name], rtol=1e-4, atol=1e-3, msg=name)
-    changed = sum(int(((ddp[k] - single[k]).abs() > 1e-6 + 1e-4 * single[k].abs()).sum()) for k in ddp)
-    assert changed < 0.01 * sum(v.numel() for v in ddp.values()), f"{changed} weights differ beyond rounding"
+    assert [k for k in ddp if "lora_B" in k and ddp[k].abs().max() > 0], "the adapter trained"
+    # The first step's gradients are the reduction itself, on identical weights: (g1 + g2) / 2 over ranks against
+    # g1 / 2 + g2 / 2 over micro-batches, which differ only in rounding (measured: 1.3e-6).
+    reduced = torch.load(tmp_path / "ddp" / "grads-0.pt")
+    accumulated = torch.load(tmp_path / "single" / "grads-0.pt")
+    assert reduced.keys() == accumulated.keys() and len(reduced) == len(ddp)
+    worst = max(reduced, key=lambda k: _relative(reduced[k], accumulated[k]))
+    assert _relative(reduced[worst], accumulated[worst]) < 1e-5, worst
+    # Later steps compare weights that Adam has already moved apart: its update ~ lr * g / |g| turns a last-bit
+    # difference into a visible one (an element's difference varies with the CPU: 4.7e-4 on one, over 1e-3 on CI's),
+    # so the adapters are compared as whole tensors (measured: 2e-4; against a 1-rank run without the accumulation,
+    # which trains on other data per step: 1.1).
+    worst = max(ddp, key=lambda k: _relative(ddp[k], single[k]))
+    assert _relative(ddp[worst], single[worst]) < 1e-2, worst
 
 
 @pytest.mark.faults
