@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,7 @@ TINY = REPO / "configs" / "tiny.yaml"
 SCRIPT = Path(sys.executable).with_name("medqlora")  # what `pip install` put beside this interpreter
 
 
-def medqlora(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def medqlora(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     assert SCRIPT.is_file(), f"{SCRIPT} is missing: install the package (README) before running the tests"
     return subprocess.run(
         [str(SCRIPT), *args],
@@ -25,15 +27,19 @@ def medqlora(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         timeout=600,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})},
     )
 
 
 def test_fit_and_validate_exit_0_and_print_no_object(tmp_path):
-    fit = medqlora("fit", "--config", str(TINY), "--trainer.max_steps", "2", cwd=tmp_path)
+    # Python's own warning filters, as a user's shell has them (the other tests ignore every warning): none of the
+    # library noise medqlora/quiet.py names
+    fit = medqlora("fit", "--config", str(TINY), "--trainer.max_steps", "2", cwd=tmp_path, env={"PYTHONWARNINGS": ""})
     assert fit.returncode == 0, fit.stderr[-2000:]
     assert "object at 0x" not in fit.stdout + fit.stderr
     assert "kernels" not in fit.stdout + fit.stderr  # bitsandbytes' optional-kernel hint stays at debug level
+    for noise in ("Tip:", "litlogger", "Warning:", "deprecated", "on_before_batch_transfer", "`weights_only`"):
+        assert noise not in fit.stdout + fit.stderr, noise
     checkpoint = next(tmp_path.glob("runs/tiny/*/checkpoints/last.ckpt"))
     validate = medqlora(
         "validate",
@@ -101,3 +107,65 @@ def test_a_value_the_parser_refuses_is_one_line_naming_the_key(args, line, capsy
     assert main(["fit", "--config", str(TINY), *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and line in err[0] and "usage:" not in err[0], err
+
+
+def _catches_sigterm(pid: int) -> bool:
+    """Whether process `pid` has a handler for SIGTERM yet (the `SigCgt` mask of /proc/PID/status)."""
+    line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("SigCgt:"))
+    return bool(int(line.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_signal_while_the_libraries_import_stops_with_one_line_and_128_plus_n(tmp_path, signum):
+    """A Ctrl-C in the first seconds (torch, transformers and Lightning importing) used to print a 22-frame
+    traceback; a SIGTERM then killed the process without a word."""
+    started = subprocess.Popen(
+        [str(SCRIPT), "fit", "--config", str(TINY)], cwd=tmp_path, stderr=subprocess.PIPE, text=True
+    )
+    while not _catches_sigterm(started.pid):  # the entry point's handlers are in: the heavy imports follow
+        assert started.poll() is None
+        time.sleep(0.01)
+    started.send_signal(signum)
+    err = started.communicate(timeout=120)[1]
+    assert started.returncode == 128 + signum, err[-2000:]
+    assert err.strip().splitlines() == [
+        f"medqlora: stopped by {signal.Signals(signum).name} (a fit saves interrupted.ckpt once training has begun)"
+    ]
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.faults
+def test_a_ctrl_c_while_the_trainer_sets_up_exits_130_not_lightnings_1(tmp_path):
+    """Between the model's build and the first step Lightning turns a KeyboardInterrupt into exit status 1."""
+    stopped = medqlora(
+        "fit",
+        "--config",
+        str(TINY),
+        "--trainer.callbacks+=faults_helpers.SignalAtSetup",
+        "--trainer.callbacks.signum=2",
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(REPO / "tests")},
+    )
+    assert stopped.returncode == 130, stopped.stderr[-2000:]
+    assert "Traceback" not in stopped.stderr
+    assert stopped.stderr.strip().splitlines()[-1].startswith("medqlora: stopped by SIGINT")
+
+
+@pytest.mark.faults
+def test_a_working_directory_nobody_may_write_is_one_line_with_the_fix():
+    """/sys refuses a new folder even to root (the suite may run as root, which chmod does not stop)."""
+    unwritable = Path("/sys")
+    try:
+        (unwritable / "medqlora-probe").mkdir()
+    except OSError:
+        pass
+    else:
+        (unwritable / "medqlora-probe").rmdir()
+        pytest.skip("/sys is writable here")
+    refused = medqlora("fit", "--config", str(TINY), "--trainer.max_steps", "1", cwd=unwritable)
+    assert refused.returncode == 1, refused.stderr[-2000:]
+    line = refused.stderr.strip().splitlines()[-1]
+    assert (
+        line.startswith("medqlora: error: cannot write runs (") and "run medqlora from a folder you can write" in line
+    )

@@ -26,12 +26,20 @@ def test_committed_without_outputs(path):
             assert cell.outputs == [] and cell.execution_count is None, f"{path.name}: strip outputs before committing"
 
 
-def _execute(name: str, workdir: Path) -> list[str]:
-    """Run notebooks/NAME top to bottom in `workdir`; what each code cell printed to stdout."""
+def _execute(name: str, workdir: Path, shown: list[set[str]] | None = None) -> list[str]:
+    """Run notebooks/NAME top to bottom in `workdir`; what each code cell printed to stdout (and, into `shown`,
+    the MIME types each code cell displayed)."""
     nb = nbformat.read(REPO / "notebooks" / name, as_version=4)
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}).execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors, errors[0].get("evalue")
+    if shown is not None:
+        displayed = ("display_data", "execute_result")
+        shown += [
+            {m for o in c.outputs if o.output_type in displayed for m in o.get("data", {})}
+            for c in nb.cells
+            if c.cell_type == "code"
+        ]
     return [
         "".join(o.get("text", "") for o in c.outputs if o.output_type == "stream" and o.get("name") == "stdout")
         for c in nb.cells
@@ -41,7 +49,10 @@ def _execute(name: str, workdir: Path) -> list[str]:
 
 def test_quickstart_trains_writes_its_run_and_generates(tmp_path, monkeypatch, tiny_dir):
     monkeypatch.setenv("MEDQLORA_REPO", str(REPO))  # the kernel inherits the suite's offline cache too
-    printed = _execute("quickstart.ipynb", tmp_path)
+    shown: list[set[str]] = []
+    printed = _execute("quickstart.ipynb", tmp_path, shown)
+    # the plotting cell shows its figure (the curves callback used to switch the kernel's pyplot to Agg)
+    assert "image/png" in shown[4], shown[4]
     run = tmp_path / "runs" / "quickstart" / "version_0"
     metrics = read_metrics(run / "metrics.csv")
     assert len(metrics["train/loss"]) == 24 and metrics["val/loss"], "24 optimizer steps and a validation"
@@ -61,6 +72,7 @@ def test_custom_callback_samples_at_its_steps_from_code_and_from_yaml(tmp_path, 
     assert from_code == ["4", "8", "12"]
     from_yaml = ast.literal_eval(printed[3].strip().splitlines()[-1])
     assert [step for step, _ in from_yaml] == [4, 8] and all(isinstance(text, str) for _, text in from_yaml)
+    assert not list(tmp_path.glob("data_card.*")), "runs without a logger write no card into the working directory"
 
 
 def test_committed_notebooks_match_their_generator(tmp_path):

@@ -2,6 +2,6 @@
 
 import sys
 
-from medqlora.cli import main
+from medqlora.console import main
 
 sys.exit(main())

@@ -186,6 +186,11 @@ def run(args: list[str] | None = None) -> MedQLoRACLI | None:
             "model.lean.loss_chunk_size; resume from the last checkpoint with --ckpt_path."
         ) from err
     except OSError as err:
+        if err.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+            raise SystemExit(
+                f"cannot write {err.filename or 'an output'} ({os.strerror(err.errno)}): the configs write runs/ "
+                "under the working directory; run medqlora from a folder you can write to"
+            ) from err
         if err.errno != errno.ENOSPC:
             raise
         raise SystemExit(

@@ -138,7 +138,8 @@ def test_more_than_half_lost_at_any_stage_is_named_with_reason_and_fix():
         "source 'gone'",
         "source 'optional'",
     ]
-    assert len(errors) == 1 and errors[0].startswith("source 'gone' has no training row left")
+    assert len(errors) == 1 and errors[0].startswith("source 'gone' has no training row left (10 of 10 rows")
+    assert "'cut'" not in errors[0], "the reasons are the source's own, not the previous source's"
 
 
 @pytest.mark.faults
@@ -149,3 +150,34 @@ def test_no_validation_split_is_a_legal_choice_that_trains_and_says_so(tiny_dir,
     assert list(dm.val_dataloader()) == [] and next(iter(dm.train_dataloader()))["input_ids"].shape[0] == 2
     assert any("validation split is empty (data.val_fraction=0.0" in str(w.message) for w in recwarn)
     assert all(source["val_rows"] == 0 for source in dm.card.content["sources"].values())
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("copies", [1, 10], ids=["one-row-source", "all-duplicates-source"])
+def test_a_source_of_one_row_or_of_one_row_repeated_trains_and_the_card_says_so(tiny_dir, tmp_path, recwarn, copies):
+    """Both used to stop with `Column name ['labels', 'length', 'input_ids'] not in the dataset`."""
+    from helpers import write_jsonl
+
+    from medqlora.data.sources import SourceSpec
+
+    main = [{"instruction": f"question number {i}?", "input": "<noinput>", "output": f"answer {i}"} for i in range(30)]
+    lone = [{"instruction": "a lone question?", "input": "<noinput>", "output": "a lone answer"}] * copies
+    sources = [
+        SourceSpec(name="main", format="instruction", path=str(write_jsonl(tmp_path / "main.jsonl", main))),
+        SourceSpec(name="lone", format="instruction", path=str(write_jsonl(tmp_path / "lone.jsonl", lone))),
+    ]
+    dm = MedicalMixDataModule(max_length=256, micro_batch_size=2, seed=5, sources=sources)
+    dm.setup("fit")
+    card = dm.card.content["sources"]["lone"]
+    assert (card["train_rows"], card["val_rows"]) == (1, 0)
+    assert card["removed"] == ({"duplicate": copies - 1} if copies > 1 else {})
+    said = [str(w.message) for w in recwarn if "source 'lone'" in str(w.message)]
+    assert said == (
+        []
+        if copies == 1
+        else [
+            "medqlora data: source 'lone': 9 of 10 rows (90%) removed as duplicate; "
+            "the source repeats its own rows or another source's"
+        ]
+    )
+    assert next(iter(dm.train_dataloader()))["input_ids"].shape[0] == 2

@@ -6,7 +6,7 @@ import pytest
 from fixtures import medqa_rows, pubmedqa_rows
 from helpers import write_jsonl
 
-from medqlora.eval.items import BenchmarkSpec, Item, load_items
+from medqlora.eval.items import DEFAULT_BENCHMARKS, BenchmarkSpec, Item, load_items
 from medqlora.eval.scoring import bootstrap_delta_pp, summarise
 
 
@@ -97,3 +97,16 @@ def test_length_normalised_accuracy_stops_a_short_answer_winning_by_length():
     # "no" has the highest sum only because it is short; per character "maybe" is the most likely
     assert predictions([-3.0, -1.5, -2.0], ("yes", "no", "maybe")) == (1, 2)
     assert predictions([-1.0, -1.5, -2.0], ("yes", "no", "maybe")) == (0, 0)
+
+
+@pytest.mark.faults
+def test_a_benchmark_the_hub_cannot_serve_names_the_flag_that_takes_a_local_copy():
+    """Offline (the suite runs with HF_HUB_OFFLINE=1), `eval --medqa FILE` without `--pubmedqa` used to stop on the
+    hub's ConnectionError for PubMedQA without naming the flag."""
+    pubmedqa = next(spec for spec in DEFAULT_BENCHMARKS if spec.kind == "pubmedqa")
+    with pytest.raises(ValueError) as refused:
+        load_items(pubmedqa)
+    message = str(refused.value)
+    assert "benchmark 'pubmedqa': could not read 'qiaojin/PubMedQA'" in message
+    assert "--pubmedqa FILE" in message and "question, context, final_decision" in message
+    assert "\n" not in message

@@ -32,10 +32,7 @@ PANELS = [  # (title, [(metric column, label)])
 def plot_curves(run_dir: str | Path, out: str | Path | None = None, panels: list | None = None) -> Path:
     """Draw curves.png (or `out`) from `run_dir/metrics.csv`; returns the image path."""
     panels = panels or PANELS
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: its backend (a notebook's inline plots) stays as it is
 
     run_dir = Path(run_dir)
     metrics = run_dir / METRICS_FILE
@@ -46,7 +43,8 @@ def plot_curves(run_dir: str | Path, out: str | Path | None = None, panels: list
     series = read_metrics(metrics)
     if not series:
         raise ValueError(f"{metrics} holds no logged values (empty, or a header only): nothing to draw yet")
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    fig = Figure(figsize=(5 * len(panels), 3.6))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (title, columns) in zip(axes[0], panels):
         for column, label in columns:
             if series.get(column):
@@ -61,7 +59,6 @@ def plot_curves(run_dir: str | Path, out: str | Path | None = None, panels: list
     path = Path(out) if out else run_dir / "curves.png"
     with atomic_path(path) as tmp:  # a kill never leaves half a picture
         fig.savefig(tmp, dpi=100)
-    plt.close(fig)
     return path
 
 

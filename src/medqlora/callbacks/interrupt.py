@@ -55,7 +55,7 @@ class CheckpointOnInterrupt(Callback):
             return
         root = Path(self.dirpath or run_dir(trainer) / "checkpoints")
         self.saved = root / "interrupted.ckpt"
-        trainer.save_checkpoint(self.saved)
+        trainer.save_checkpoint(self.saved, weights_only=False)  # the whole state; unset, Lightning says so
         name = signal.Signals(self.received).name if self.received is not None else "a signal (on another rank)"
         rank_zero_info(
             f"medqlora: {name} received; saved {self.saved} at "

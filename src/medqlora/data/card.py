@@ -134,16 +134,15 @@ def source_losses(content: dict, required: dict[str, bool]) -> tuple[list[str], 
     warnings, errors = [], []
     for name, s in content["sources"].items():
         stages = [(s["loaded"], s["removed"]), (s["drawn_train"] + s["drawn_val"], tokenising_drops(s))]
+        own = []
         for entering, reasons in stages:
             for reason, count in reasons.items():
                 if entering and count > entering / 2:
                     fix = FIXES.get(reason, DEFAULT_FIX).format(max_length=content["max_length"])
-                    warnings.append(
-                        f"source {name!r}: {count} of {entering} rows ({count / entering:.0%}) removed as "
-                        f"{reason}; {fix}"
-                    )
+                    own.append(f"{count} of {entering} rows ({count / entering:.0%}) removed as {reason}; {fix}")
+        warnings += [f"source {name!r}: {text}" for text in own]
         if s["train_rows"] == 0 and required.get(name, True):
-            why = "; ".join(warnings[-2:]) if warnings else "no row survived"
+            why = "; ".join(own) if own else "no row survived"
             errors.append(
                 f"source {name!r} has no training row left ({why}). Fix it, or set `required: false` on "
                 "the source to train without it"

@@ -137,10 +137,12 @@ class MedicalMixDataModule(L.LightningDataModule):
         self._build()
 
     def setup(self, stage: str | None = None) -> None:
-        """Build (or read from the datasets cache) the tokenised splits and write the data card."""
+        """Build (or read from the datasets cache) the tokenised splits and write the data card into the run
+        directory (with `logger=False` there is none, so none is written: `card.write(DIR)` writes one)."""
         if self.train_set is None:
             self._build()
-        log_dir = getattr(self.trainer, "log_dir", None) if self._trainer_attached() else None
+        logged = self._trainer_attached() and bool(self.trainer.loggers)
+        log_dir = self.trainer.log_dir if logged else None  # without a logger, log_dir is the working directory
         if log_dir and self.card is not None and self.trainer.is_global_zero:
             self.card.write(Path(log_dir))
 
@@ -171,7 +173,7 @@ class MedicalMixDataModule(L.LightningDataModule):
         for warning in warnings:
             rank_zero_warn(f"medqlora data: {warning}")
         if errors:
-            raise ValueError(" ".join(errors))
+            raise ValueError(" | ".join(errors))
 
     def _encode(self, convs: Dataset, split: str) -> tuple[Dataset, dict[str, dict[str, int]]]:
         tokenizer, max_length, truncation = self.tokenizer, self.max_length, self.truncation

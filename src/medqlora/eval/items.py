@@ -96,7 +96,15 @@ def _pubmedqa(row: dict, index: int, prompt: PromptStyle) -> Item:
 
 def load_items(spec: BenchmarkSpec) -> list[Item]:
     """The benchmark's items; a row missing a column fails naming the benchmark, row and column."""
-    rows = load_rows(spec, f"benchmark {spec.name!r}")
+    try:
+        rows = load_rows(spec, f"benchmark {spec.name!r}")
+    except ValueError as err:
+        if spec.path:
+            raise
+        raise ValueError(  # offline, the way out is a local file: say which flag takes it and what it holds
+            f"{err}. Offline, pass a local copy: medqlora eval ... --{spec.kind} FILE (.jsonl/.json/.csv/.parquet "
+            f"with the columns {', '.join(REQUIRED[spec.kind])}; docs/evaluation.md)"
+        ) from err
     if spec.limit is not None:
         rows = rows.select(range(min(spec.limit, len(rows))))
     convert = _medqa if spec.kind == "medqa" else _pubmedqa
