@@ -3,6 +3,7 @@
 medqlora eval runs/<name>/<version>/adapter [--limit 200] [--no-keypoints]
 medqlora generate runs/.../adapter --prompt "How is gout treated?" [--thinking]
 medqlora merge runs/.../adapter merged/            (bf16 safetensors, no PEFT needed to load)
+medqlora export runs/.../adapter med.gguf [--type q8_0] [--lora | --base-only]   (llama.cpp, Ollama)
 medqlora card runs/<name>/<version>                (rewrite the adapter's model card)
 medqlora curves runs/<name>/<version> [out.png]
 """
@@ -22,6 +23,7 @@ COMMANDS = {
     "eval": "MedQA, PubMedQA and clinical key points, base vs adapter in one load; updates the model card",
     "generate": "answer prompts with an adapter (greedy, Gemma 4 chat format)",
     "merge": "merge an adapter into bf16 base weights that load without PEFT",
+    "export": "write the merged model (or the adapter alone) as GGUF for llama.cpp and Ollama, text only",
     "card": "rewrite an adapter's model card (README.md) from its run directory",
     "curves": "redraw a run's curves.png from its metrics.csv",
 }
@@ -88,6 +90,16 @@ def _parser() -> argparse.ArgumentParser:
     mg.add_argument("out", type=Path, help="a new or empty directory")
     mg.add_argument("--base")
     mg.add_argument("--force", action="store_true", help="replace OUT even if it holds files")
+    ex = sub.add_parser("export", help=COMMANDS["export"], description=COMMANDS["export"])
+    ex.add_argument("adapter", type=Path)
+    ex.add_argument("out", type=Path, help="the .gguf file to write (an Ollama Modelfile is written beside it)")
+    ex.add_argument("--type", default="bf16", help="bf16 (default), f16, q8_0 or f32")
+    form = ex.add_mutually_exclusive_group()
+    form.add_argument("--lora", action="store_true", help="the adapter alone, for llama.cpp's --lora over the base")
+    form.add_argument("--base-only", action="store_true", help="the base alone (what --lora goes over)")
+    ex.add_argument("--base", help="base model (default: the adapter's own)")
+    ex.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    ex.add_argument("--log", action="store_true", help="show llama.cpp's converter log as it runs")
     cd = sub.add_parser("card", help=COMMANDS["card"], description=COMMANDS["card"])
     cd.add_argument("run_dir", type=Path)
     cd.add_argument("--adapter", type=Path, help="default: <run_dir>/adapter")
@@ -170,6 +182,17 @@ def run(argv: list[str]) -> None:
         check_adapter_dir(args.adapter)
         _refuse_to_replace(args.out, "merge: OUT", args.force, reads=(args.adapter,))
         print(merge(args.adapter, args.out, args.base))
+    elif args.command == "export":
+        from medqlora.model.adapter import adapter_base, check_adapter_dir
+        from medqlora.model.gguf import export
+
+        check_adapter_dir(args.adapter)
+        if args.out.suffix != ".gguf" or args.out.is_dir():
+            raise ValueError(f"export: OUT {args.out} is not a .gguf file path; name the file to write, e.g. med.gguf")
+        _refuse_to_replace(args.out, "export: OUT", args.force, reads=(args.adapter,))
+        form = "lora" if args.lora else "base" if args.base_only else "merged"
+        written = export(args.adapter, args.out, args.type, form, args.base or adapter_base(args.adapter), args.log)
+        print(f"{written} ({written.stat().st_size / 2**20:.1f} MiB)")
     elif args.command == "generate":
         from medqlora.eval.generate import generate
         from medqlora.model.adapter import load_adapted

@@ -16,7 +16,7 @@ from pathlib import Path
 TINY_MODEL_ID = "tiny"
 """The value of `model.name_or_path` that selects the embedded tiny model."""
 
-TINY_VERSION = "v1"
+TINY_VERSION = "v2"  # v2: a byte-fallback BPE as Gemma 4's tokenizer, E2B's layer order (v1: byte-level BPE)
 VOCAB_SIZE = 1024
 
 SPECIAL_TOKENS = [
@@ -83,11 +83,13 @@ def tiny_model_config() -> dict:
         "num_kv_shared_layers": 2,
         "use_double_wide_mlp": True,
         "sliding_window": 16,
+        # E2B's order at toy size: the last layer before the KV-shared ones is a full-attention layer and the one
+        # before it a sliding one (llama.cpp's Gemma 4 reads the shared layers' KV from exactly those two)
         "layer_types": [
             "sliding_attention",
             "sliding_attention",
-            "full_attention",
             "sliding_attention",
+            "full_attention",
             "sliding_attention",
             "full_attention",
         ],
@@ -154,21 +156,43 @@ def _tokenizer_corpus() -> list[str]:
     return lines
 
 
+BYTE_TOKENS = [f"<0x{b:02X}>" for b in range(256)]  # byte fallback: any text encodes, nothing maps to <unk>
+
+
+def _tokenizer_core(model, words: bool = False):
+    """Gemma 4's tokenizer.json, in shape: SentencePiece-style BPE (spaces become `▁`, no pre-splitting into words,
+    only newline runs stand apart), byte fallback, and the decoder `Sequence` that undoes both. `words`: split
+    before each `▁` as well (for learning the merges only: none then spans a word start, so `▁` opens a token as
+    in Gemma's vocabulary, and `A:` is the same tokens alone as before ` Colchicine`)."""
+    from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
+
+    core = Tokenizer(model)
+    core.normalizer = normalizers.Replace(" ", "▁")
+    lines = pre_tokenizers.Split(Regex("\n+"), behavior="isolated")
+    word_starts = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never", split=True)
+    core.pre_tokenizer = pre_tokenizers.Sequence([lines, word_starts]) if words else lines
+    core.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    return core
+
+
 def build_tiny_tokenizer():
-    """A byte-level BPE (vocab 1024) with Gemma 4's special tokens and the Gemma 4-style chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    """A BPE with byte fallback (vocab 1024: the special tokens, the 256 byte tokens, merges learnt on the sample
+    rows), shaped like Gemma 4's own tokenizer so that llama.cpp's converter and runtime take it as they take the
+    real one, with Gemma 4's special tokens and the Gemma 4-style chat template."""
+    from tokenizers import models, trainers
     from transformers import PreTrainedTokenizerFast
 
-    core = Tokenizer(models.BPE(unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
+    learner = _tokenizer_core(models.BPE(unk_token="<unk>"), words=True)
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE,
-        special_tokens=SPECIAL_TOKENS,
-        show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        vocab_size=VOCAB_SIZE - len(SPECIAL_TOKENS) - len(BYTE_TOKENS), show_progress=False, limit_alphabet=120
     )
-    core.train_from_iterator(_tokenizer_corpus(), trainer=trainer)
+    learner.train_from_iterator(_tokenizer_corpus(), trainer=trainer)
+    learnt = json.loads(learner.to_str())["model"]
+    pieces = sorted(learnt["vocab"], key=learnt["vocab"].get)
+    vocab = {piece: i for i, piece in enumerate(SPECIAL_TOKENS + BYTE_TOKENS + pieces)}
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in learnt["merges"]]
+    core = _tokenizer_core(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True))
+    core.add_special_tokens(SPECIAL_TOKENS)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core,
         bos_token="<bos>",
