@@ -27,6 +27,8 @@ from functools import partial
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from medqlora.model.parts import text_model
+
 RECOMPILE_LIMIT = 64  # graphs per compiled function: E2B's layer variants need ~8, dynamo's default limit is 8
 
 
@@ -56,8 +58,7 @@ def missing_compiler(device_type: str) -> str | None:
 
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     """The language model's decoder layers, under a PEFT wrapper or not."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return inner.model.language_model.layers
+    return text_model(model).layers
 
 
 def compile_decoder_layers(model: torch.nn.Module, checkpointing: bool) -> int:

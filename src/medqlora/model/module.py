@@ -27,6 +27,7 @@ from medqlora.model.lora import LoraSpec, apply_lora, trainable_summary
 from medqlora.model.loss import LossOutput, chunked_lm_loss, full_logits_loss
 from medqlora.model.masks import packed_attention_masks
 from medqlora.model.optimizer import Optimizer, build_optimizer
+from medqlora.model.parts import text_model
 
 
 def drop_right_padding_mask(batch: dict) -> dict:
@@ -138,7 +139,7 @@ class QLoRAModule(L.LightningModule):
             enable = getattr(base, "activation_checkpointing_enable", None) or base.gradient_checkpointing_enable
             enable(gc_kwargs)
             base.enable_input_require_grads()
-        host = base.model.language_model.embed_tokens_per_layer
+        host = text_model(base).embed_tokens_per_layer
         if (
             isinstance(host, HostEmbedding)
             and self.lean.ple_shared
@@ -162,7 +163,7 @@ class QLoRAModule(L.LightningModule):
     @property
     def host_embedding(self) -> HostEmbedding | None:
         """The host-memory PLE table, when `lean.ple_on_host` is on."""
-        module = self.model.base_model.model.model.language_model.embed_tokens_per_layer
+        module = text_model(self.model).embed_tokens_per_layer
         return module if isinstance(module, HostEmbedding) else None
 
     def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
