@@ -158,12 +158,12 @@ def test_the_chat_template_stop_token_and_modelfile_travel_with_it(exported, ref
     import llama_cpp
 
     assert llama_cpp.llama_vocab_is_eog(llama_cpp.llama_model_get_vocab(llm.model), turn_end), "a stop token"
-    modelfile = (exported["f16"].parent / "Modelfile").read_text()
+    modelfile = (exported["f16"].parent / "f16.Modelfile").read_text()
     assert modelfile.startswith("FROM ./f16.gguf\n") and 'PARAMETER stop "<turn|>"' in modelfile
     assert (
         "<|turn>user\n{{ .Content }}<turn|>" in modelfile and "<|turn>model\n<|channel>thought\n<channel|>" in modelfile
     )
-    assert not (exported["lora"].parent / "Modelfile").exists(), "a LoRA alone is not a model Ollama can run"
+    assert not list(exported["lora"].parent.glob("*Modelfile")), "a LoRA alone is not a model Ollama can run"
 
 
 @pytest.mark.faults
@@ -184,3 +184,10 @@ def test_a_bad_type_an_existing_file_or_a_non_gguf_path_is_one_line(adapter, exp
     assert main(["export", str(adapter), str(tmp_path / "y.gguf"), "--base", str(other)]) == 1
     assert "is a 'gpt2' model; medqlora trains Gemma 4" in capsys.readouterr().err
     assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".*")), "nothing half-written left behind"
+
+
+def test_two_exports_in_one_folder_keep_a_modelfile_each(adapter, tmp_path):
+    for name, extra in (("med", []), ("base", ["--base-only"])):
+        assert main(["export", str(adapter), str(tmp_path / f"{name}.gguf"), "--type", "f16", *extra]) == 0
+    assert (tmp_path / "med.Modelfile").read_text().startswith("FROM ./med.gguf\n")
+    assert (tmp_path / "base.Modelfile").read_text().startswith("FROM ./base.gguf\n")

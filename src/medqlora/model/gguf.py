@@ -168,7 +168,8 @@ PARAMETER num_ctx 4096
 
 
 def write_modelfile(gguf: Path) -> Path:
-    """An Ollama Modelfile beside `gguf`: `ollama create NAME -f Modelfile`, then `ollama run NAME`."""
-    path = gguf.with_name("Modelfile")
+    """An Ollama Modelfile beside `gguf`, named after it (`med.gguf` -> `med.Modelfile`, so two exports in one folder
+    keep theirs): `ollama create NAME -f med.Modelfile`, then `ollama run NAME`."""
+    path = gguf.with_name(f"{gguf.stem}.Modelfile")
     path.write_text(MODELFILE.format(gguf=gguf.name, stop=STOP))
     return path
