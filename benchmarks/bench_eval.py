@@ -79,16 +79,15 @@ def write_items(work: Path, tokenizer) -> dict:
 
 
 def setup(args: argparse.Namespace) -> None:
+    from workload import copy_tiny_tokenizer
+
     from medqlora.hub import load_tokenizer
     from medqlora.model.loading import QuantSpec, load_base_model
     from medqlora.model.lora import LoraSpec, apply_lora
-    from medqlora.tiny import ensure_tiny_model
 
     ckpt, work = Path(args.ckpt), Path(args.work)
     (work / "run").mkdir(parents=True, exist_ok=True)
-    for f in ensure_tiny_model().iterdir():
-        if "token" in f.name or f.suffix == ".jinja":
-            shutil.copy(f, ckpt / f.name)
+    copy_tiny_tokenizer(ckpt)
     base = load_base_model(str(ckpt), QuantSpec(), DEVICE, text_only=True, ple_on_host=True)
     torch.manual_seed(0)
     model = apply_lora(base, LoraSpec())

@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import time
 from pathlib import Path
 
@@ -25,12 +24,9 @@ PROMPT, NEW = 64, 32
 
 def write_tokenizer(ckpt: Path) -> None:
     """The tiny tokenizer (Gemma 4's turn tokens, template and byte fallback), its vocabulary padded to E2B's."""
-    from medqlora.tiny import ensure_tiny_model
+    from workload import copy_tiny_tokenizer
 
-    tiny = ensure_tiny_model()
-    for f in tiny.iterdir():
-        if "token" in f.name or f.suffix == ".jinja":
-            shutil.copy(f, ckpt / f.name)
+    copy_tiny_tokenizer(ckpt)
     vocab_size = json.loads((ckpt / "config.json").read_text())["text_config"]["vocab_size"]
     spec = json.loads((ckpt / "tokenizer.json").read_text())
     vocab = spec["model"]["vocab"]

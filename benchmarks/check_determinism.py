@@ -29,7 +29,7 @@ from pathlib import Path
 
 import lightning as L
 import yaml
-from workload import MIX  # (prompt, answer) median tokens per source, lognormal sigma 0.5
+from workload import MIX, copy_tiny_tokenizer  # MIX: (prompt, answer) median tokens per source, sigma 0.5
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs" / "gemma4-e2b-medical.yaml"
@@ -187,16 +187,13 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=150, help="rows per source")
     parser.add_argument("--only", nargs="*", default=None, help="run only these runs (default, deterministic, resume)")
     args = parser.parse_args()
-    from medqlora.tiny import ensure_tiny_model
 
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
     if args.ckpt == "tiny":  # the CPU smoke: the tiny model (its tokenizer spends a token per few characters)
         CPU.extend(["--trainer.accelerator", "cpu", "--data.max_length", "256"])
     else:
-        for f in ensure_tiny_model().iterdir():  # a tokenizer with Gemma 4's turns and template (ids < E2B's vocab)
-            if "token" in f.name or f.suffix == ".jinja":
-                shutil.copy(f, Path(args.ckpt) / f.name)
+        copy_tiny_tokenizer(Path(args.ckpt))
     from medqlora.hub import load_tokenizer
 
     per_word = (

@@ -61,6 +61,18 @@ def synthetic_rows(kind: str, n: int, vocab: int, seed: int = 0) -> list[dict]:
     return rows
 
 
+def copy_tiny_tokenizer(ckpt: Path) -> None:
+    """Write the tiny model's tokenizer (Gemma 4's turn tokens, chat template, byte fallback) beside a checkpoint that
+    has none: its ids are all inside E2B's vocabulary."""
+    import shutil
+
+    from medqlora.tiny import ensure_tiny_model
+
+    for f in ensure_tiny_model().iterdir():
+        if "token" in f.name or f.suffix == ".jinja":
+            shutil.copy(f, Path(ckpt) / f.name)
+
+
 def build(out: Path, reference: Path) -> None:
     """Save the real E2B architecture with random bf16 weights as a local checkpoint."""
     from transformers import Gemma4Config, Gemma4ForConditionalGeneration
