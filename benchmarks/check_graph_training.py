@@ -53,8 +53,7 @@ class Replays(Callback):
         self.replayed = 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        graph = pl_module.micro_batch_graph
-        self.replayed += int(graph is not None and graph.graph is not None)
+        self.replayed += int(pl_module.train_step.graph is not None)
 
 
 def train(cuda_graph: bool, dropout: float, workdir: Path) -> tuple[dict[str, torch.Tensor], int]:

@@ -17,9 +17,9 @@ random, masks. The first pass also pays any compilation, outside the timing.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable
-from functools import partial
 
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -59,11 +59,11 @@ class PathCheck(Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         from medqlora.model.compile import decoder_layers, eager_layers
-        from medqlora.model.graphed import MicroBatchGraph
+        from medqlora.model.step import TrainStep
 
         batch = pl_module.on_before_batch_transfer(next(iter(trainer.train_dataloader)), 0)
         batch = {k: v.to(pl_module.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        model, lean = pl_module.model, pl_module.lean
+        model, plan = pl_module.model, pl_module.plan
 
         def nudged(module, inputs, out: torch.Tensor) -> torch.Tensor:
             return out * (1 + NUDGE_ULPS * torch.finfo(out.dtype).eps)
@@ -71,21 +71,23 @@ class PathCheck(Callback):
         def graphed_loss() -> torch.Tensor:
             # its own graph (and memory pool), dropped after the check: training captures with its dropout on
             trainable = [p for p in model.parameters() if p.requires_grad]
-            graph = MicroBatchGraph(partial(pl_module.forward, fixed_shape=True), trainable, eager_steps=1)
-            graph(dict(batch), 1)  # eager: compiles
-            graph.zero_grad()
+            step = TrainStep(
+                lambda b: pl_module.forward(b, pl_module.plan.train), trainable, graphed=True, eager_steps=1
+            )
+            step(dict(batch), 0, 1)  # eager: compiles
             torch.manual_seed(0)
-            loss = graph(dict(batch), 1).loss  # captured, then replayed
-            graph.release()
+            loss = step(dict(batch), 0, 1).loss  # zeroed (a window's first micro-batch), captured, then replayed
+            step.release()
             return loss
 
         def loss_and_grads(today: bool, scale: float = 1.0, nudge: bool = False) -> tuple[float, dict]:
             torch.manual_seed(0)
             model.zero_grad(set_to_none=True)
-            lean.loss_grad_in_forward = self.loss_grad_in_forward and not today
+            grad_in_forward = self.loss_grad_in_forward and not today
+            pl_module.plan = dataclasses.replace(plan, loss="chunked_grad_in_forward" if grad_in_forward else "chunked")
             embed = model.get_input_embeddings()
             hook = embed.register_forward_hook(nudged) if nudge else None
-            graphed = not today and lean.cuda_graph and torch.cuda.is_available()  # backward inside the graph
+            graphed = not today and plan.cuda_graph and torch.cuda.is_available()  # backward inside the graph
             with trainer.precision_plugin.train_step_context():
                 if graphed:
                     loss = graphed_loss()
@@ -96,7 +98,7 @@ class PathCheck(Callback):
                 hook.remove()
             if not graphed:
                 (loss * scale).backward()
-            lean.loss_grad_in_forward = self.loss_grad_in_forward
+            pl_module.plan = plan
             return loss.item(), {
                 n: p.grad.float().cpu() / scale for n, p in model.named_parameters() if p.requires_grad
             }

@@ -82,6 +82,8 @@ class MemoryTrace(Callback):
         self._mark(trainer, f"batch {batch_idx} start")
 
     def on_before_backward(self, trainer, pl_module, loss):
+        # on one process the step unit runs backward inside training_step (model/step.py): this mark then comes after
+        # it, and the max column is the forward's and backward's peak together
         self._mark(trainer, "before_backward")
 
     def on_after_backward(self, trainer, pl_module):

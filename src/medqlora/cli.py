@@ -21,13 +21,14 @@ from pathlib import Path
 
 import torch
 import yaml
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser
 from lightning.pytorch.utilities import rank_zero_warn
 
 from medqlora import __version__
 from medqlora.callbacks.interrupt import CheckpointOnInterrupt
 from medqlora.commands import COMMANDS
 from medqlora.commands import run as run_command
+from medqlora.compat import CkptPathCLI
 from medqlora.data.datamodule import MedicalMixDataModule
 from medqlora.model.module import QLoRAModule
 from medqlora.resume import LIGHTNING_KEYWORDS, differences, read_checkpoint, settings
@@ -52,7 +53,7 @@ Options for every command:
 """
 
 
-class MedQLoRACLI(LightningCLI):
+class MedQLoRACLI(CkptPathCLI):
     """LightningCLI with the tokenizer linked to the model, one run directory per run (a resumed fit continues
     its own), settings checked against `--ckpt_path`'s, and checkpoints loaded with `weights_only=True` unless
     `--weights_only false` is given."""
@@ -65,11 +66,12 @@ class MedQLoRACLI(LightningCLI):
         # medqlora's batch samplers already give each rank a disjoint shard (and keep packing and resume)
         parser.set_defaults({"trainer.use_distributed_sampler": False})
 
-    def _parse_ckpt_path(self) -> None:
+    def check_ckpt_path(self) -> None:
         """Check `--ckpt_path` before anything is built, and refuse settings that differ from the checkpoint's.
 
-        Replaces LightningCLI's own step, which silently overwrites the parsed model settings with the
-        checkpoint's (so `--model.lr 0.1` on resume would train at the old lr while `--print_config` says 0.1)."""
+        Replaces LightningCLI's own step (medqlora.compat.CkptPathCLI), which silently overwrites the parsed model
+        settings with the checkpoint's (so `--model.lr 0.1` on resume would train at the old lr while `--print_config`
+        says 0.1)."""
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else None
         path = config.get("ckpt_path") if config else None

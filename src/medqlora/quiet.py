@@ -12,7 +12,7 @@ import warnings
 # (logger, part of the message): records demoted to debug level
 DEMOTED_RECORDS = [
     # bitsandbytes on AVX512-BF16 CPUs without the optional `kernels` package: that kernel serves only the packed
-    # CPU layout, which medqlora switches off (`model.loading.keep_4bit_layout`)
+    # CPU layout, which medqlora switches off (`medqlora.compat.keep_4bit_layout`)
     ("bitsandbytes.backends.cpu.ops", "gemm_4bit_forward from kernels-community"),
     # Lightning >= 2.6 advertises its hosted logger at every fit
     ("lightning.pytorch.utilities.rank_zero", "💡 Tip: For seamless cloud logging"),

@@ -11,10 +11,7 @@ import io
 import os
 from pathlib import Path
 
-from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.loggers.csv_logs import ExperimentWriter
-from lightning.pytorch.loggers.logger import rank_zero_experiment
-
+from medqlora.compat import CSVLoggerWith, ExistingMetricsWriter
 from medqlora.io import atomic_write_text
 
 METRICS_FILE = "metrics.csv"  # CSVLogger's: losses, accuracy, lr, memory per step
@@ -41,11 +38,11 @@ def read_metrics(metrics_csv: Path) -> dict[str, list[tuple[int, float]]]:
     return series
 
 
-class _ContinuingWriter(ExperimentWriter):
+class _ContinuingWriter(ExistingMetricsWriter):
     """Lightning's CSV writer deletes an existing metrics.csv; this one keeps the rows an interrupted run logged
     before the step the resumed run starts logging at, and drops the later ones (the resumed run redoes them)."""
 
-    def _check_log_dir_exists(self) -> None:
+    def found_log_dir(self) -> None:
         self._carried: list[dict] | None = None
         if os.path.isfile(self.metrics_file_path):
             with open(self.metrics_file_path, newline="") as f:
@@ -66,14 +63,7 @@ class _ContinuingWriter(ExperimentWriter):
         self.metrics = []
 
 
-class RunCSVLogger(CSVLogger):
+class RunCSVLogger(CSVLoggerWith):
     """Lightning's `CSVLogger`, except that a resumed run continues its run directory's metrics.csv."""
 
-    @property
-    @rank_zero_experiment
-    def experiment(self) -> ExperimentWriter:
-        """The writer (made on first use, as in `CSVLogger`)."""
-        if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _ContinuingWriter(log_dir=self.log_dir)
-        return self._experiment
+    writer_class = _ContinuingWriter

@@ -8,6 +8,7 @@ import torch
 
 from medqlora.callbacks.nonfinite import NonFiniteError, NonFiniteGuard
 from medqlora.data.datamodule import MedicalMixDataModule
+from medqlora.model.loss import LossOutput
 from medqlora.model.module import QLoRAModule
 
 
@@ -21,8 +22,13 @@ class NanAtStep(QLoRAModule):
 
     def training_step(self, batch, batch_idx):
         self.snapshots[self.trainer.global_step] = {k: v.clone() for k, v in self.trainable_state_dict().items()}
-        loss = super().training_step(batch, batch_idx)
-        return loss * float("nan") if self.trainer.global_step == self.nan_step else loss
+        return super().training_step(batch, batch_idx)
+
+    def forward(self, batch, form=None):
+        out = super().forward(batch, form)  # the loss the step's backward runs on
+        if self.training and self.trainer.global_step == self.nan_step:
+            out = LossOutput(out.loss * float("nan"), out.preds, out.targets)
+        return out
 
 
 def _fit(tmp_path, guard: NonFiniteGuard, max_steps: int = 4) -> NanAtStep:

@@ -58,17 +58,13 @@ def test_compiled_layers_give_eager_loss_and_lora_gradients(tokenizer, dropout):
     assert counters["stats"]["unique_graphs"] == graphs  # a second step reuses them
 
 
-def test_compile_layers_refused_under_fsdp(monkeypatch):
-    """FSDP wraps the layers the compiled forward replaces: refused with the setting's name and the way out."""
-    import medqlora.model.module as module_file
-    from medqlora.model.module import QLoRAModule
+def test_compile_layers_refused_under_fsdp():
+    """FSDP wraps the layers the compiled forward replaces: refused with the setting's name and the way out (the
+    switch table, model/plan.py, which `configure_model` runs before loading)."""
+    from medqlora.model.plan import RunFacts, plan_step
 
-    module = QLoRAModule("tiny", lean=LeanSpec(compile_layers=True))
-    monkeypatch.setattr(module_file, "is_fsdp", lambda strategy: True)
-    monkeypatch.setattr(QLoRAModule, "trainer", property(lambda self: type("T", (), {"strategy": None})()))
-    module._trainer = object()
     with pytest.raises(ValueError, match=r"model\.lean\.compile_layers=true .*FSDP.*configs/ddp\.yaml"):
-        module.configure_model()
+        plan_step(LeanSpec(compile_layers=True), RunFacts(device_type="cuda", fsdp=True, strategy="QLoRAFSDPStrategy"))
 
 
 def test_compile_layers_without_a_compiler_says_which_to_install(monkeypatch):

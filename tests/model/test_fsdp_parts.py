@@ -13,7 +13,8 @@ from lightning.pytorch.plugins.precision import FSDPPrecision
 
 from medqlora.model.distributed import QLoRAFSDPStrategy, decoder_layer_classes, qlora_wrap_policy
 from medqlora.model.loading import QuantSpec
-from medqlora.model.module import QLoRAModule
+from medqlora.model.module import LeanSpec
+from medqlora.model.plan import RunFacts, plan_step
 
 
 def test_wrap_policy_takes_decoder_layers_and_lora_matrices_only():
@@ -26,11 +27,14 @@ def test_wrap_policy_takes_decoder_layers_and_lora_matrices_only():
     assert not any(n.endswith("base_layer") for n in wrapped), "frozen 4-bit linears stay in their layer's unit"
 
 
-def test_fsdp_refuses_4bit_weights_not_stored_in_the_compute_dtype():
-    module = QLoRAModule("tiny", quantization=QuantSpec(quant_storage="uint8"))
-    module._trainer = SimpleNamespace(strategy=QLoRAFSDPStrategy())
+def test_fsdp_refuses_4bit_weights_not_stored_in_the_compute_dtype(monkeypatch):
+    """Checked by the switch table (model/plan.py) against the run's facts, before loading."""
+    quant = QuantSpec(quant_storage="uint8")
+    # no devices set up here: the facts need only the device's type
+    monkeypatch.setattr(QLoRAFSDPStrategy, "root_device", property(lambda self: torch.device("cpu")))
+    trainer = SimpleNamespace(strategy=QLoRAFSDPStrategy(), world_size=2, precision_plugin=None)
     with pytest.raises(ValueError, match=r"quant_storage='uint8'.*'bfloat16'"):
-        module.configure_model()
+        plan_step(LeanSpec(), RunFacts.of(trainer, quant))
 
 
 def test_quant_storage_value_is_checked():

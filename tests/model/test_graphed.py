@@ -17,6 +17,7 @@ from medqlora.callbacks.accumulation import GradientAccumulation
 from medqlora.data.datamodule import MedicalMixDataModule
 from medqlora.model.masks import packed_attention_masks, sample_ids
 from medqlora.model.module import LeanSpec, QLoRAModule
+from medqlora.model.plan import Form
 
 
 def test_masks_keep_each_packed_sample_to_itself_and_its_window():
@@ -50,7 +51,7 @@ def test_masks_give_the_text_model_what_transformers_masks_give(tokenizer, layou
 
 def _fixed_shape_loss_and_grads(module: QLoRAModule, batch: dict):
     module.model.zero_grad()
-    out = module(dict(batch), fixed_shape=True)
+    out = module(dict(batch), Form(own_masks=True, fixed_shape=True))  # the graph's training form
     out.loss.backward()
     return out, {n: p.grad.clone() for n, p in module.model.named_parameters() if p.requires_grad}
 
@@ -95,7 +96,7 @@ def _train(tmp_path, cuda_graph: bool, steps: int = 3) -> dict[str, torch.Tensor
     # the module moves zero_grad knowing Lightning calls it once per optimizer step: no warning that it will
     assert not [w for w in caught if "accumulate_grad_batches != 1" in str(w.message)]
     assert trainer.global_step == steps
-    assert (module.micro_batch_graph is not None) == cuda_graph
+    assert module.plan.cuda_graph == cuda_graph
     metrics = trainer.callback_metrics
     assert 0 <= metrics["train/acc"] <= 1 and metrics["train/loss"] > 0 and metrics["train/tokens"] > 0
     return {n: p.detach().clone() for n, p in module.model.named_parameters() if p.requires_grad}
@@ -123,7 +124,8 @@ def test_cuda_graph_refuses_what_its_backward_cannot_serve(monkeypatch, world_si
     """Several processes (DDP's gradient hooks expect Lightning's backward) and fp16's loss scaler are refused
     before loading, naming the setting and the way out."""
     module = QLoRAModule("tiny", lean=LeanSpec(cuda_graph=True))
-    trainer = type("T", (), {"world_size": world_size, "strategy": None, "precision_plugin": type("P", (), {})()})()
+    strategy = type("S", (), {"root_device": torch.device("cpu")})()
+    trainer = type("T", (), {"world_size": world_size, "strategy": strategy, "precision_plugin": type("P", (), {})()})()
     trainer.precision_plugin.scaler = scaler
     monkeypatch.setattr(QLoRAModule, "trainer", property(lambda self: trainer))
     module._trainer = trainer

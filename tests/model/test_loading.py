@@ -76,7 +76,8 @@ def test_no_frozen_weight_is_upcast_to_fp32(tiny_dir):
 
 
 def test_plain_recipe_switch_upcasts_like_prepare_model_for_kbit_training(tiny_dir):
-    module = make_module(lean=LeanSpec(upcast_frozen=True, ple_on_host=False, chunked_loss=False))
+    plain = LeanSpec(upcast_frozen=True, ple_on_host=False, chunked_loss=False, loss_grad_in_forward=False)
+    module = make_module(lean=plain)
     frozen = {p.dtype for p in module.model.parameters() if not p.requires_grad}
     assert torch.float32 in frozen
 

@@ -15,7 +15,7 @@ from helpers import loss_and_grads, packed_batch, padded_batch, perturbed_module
 from medqlora.model.loss import chunked_lm_loss, full_logits_loss
 from medqlora.model.module import LeanSpec
 
-PLAIN = LeanSpec(chunked_loss=False, ple_on_host=False, text_only=False)
+PLAIN = LeanSpec(chunked_loss=False, loss_grad_in_forward=False, ple_on_host=False, text_only=False)
 
 
 def _assert_grads_close(a: dict, b: dict, rtol: float) -> None:
@@ -100,10 +100,10 @@ def test_gradient_in_forward_equals_recomputed_chunks(chunk, softcap):
 
 
 def test_gradient_in_forward_gives_the_modules_loss_and_lora_gradients(tokenizer):
-    """Through the whole tiny model (fp32): the same loss and LoRA gradients as the default loss; under no_grad
-    (validation) it takes the plain path."""
+    """Through the whole tiny model (fp32): the same loss and LoRA gradients as the recomputing chunked loss; under
+    no_grad (validation) it takes the plain path."""
     batch = packed_batch(tokenizer)
-    ref_loss, ref_grads = loss_and_grads(perturbed_module(LeanSpec(), "float32"), batch)
+    ref_loss, ref_grads = loss_and_grads(perturbed_module(LeanSpec(loss_grad_in_forward=False), "float32"), batch)
     module = perturbed_module(LeanSpec(loss_grad_in_forward=True), "float32")
     loss, grads = loss_and_grads(module, batch)
     torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=1e-6)

@@ -2,7 +2,7 @@
 
 bitsandbytes >= 0.50 repacks a `Linear4bit`'s weight in place the first time it runs in eval mode without grad
 on such a CPU; it refuses output sizes that are not a multiple of 32 (the tiny model's per-layer gate is 16) and
-requantises the scales. medqlora keeps one layout on every CPU (`model.loading.keep_4bit_layout`).
+requantises the scales. medqlora keeps one layout on every CPU (`medqlora.compat.keep_4bit_layout`).
 """
 
 from __future__ import annotations

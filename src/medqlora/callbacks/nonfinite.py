@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
 from medqlora.callbacks.steps import optimizer_step_done
+from medqlora.compat import grad_norms
 
 
 class NonFiniteError(RuntimeError):
@@ -53,7 +54,7 @@ class NonFiniteGuard(Callback):
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         # one multi-tensor norm per step, not two kernels per tensor (410 tensors on E2B): a NaN or inf anywhere
         # makes its tensor's norm non-finite (so would a finite gradient beyond 1e19, which deserves a skip too)
-        if not params or torch.isfinite(torch.stack(torch._foreach_norm([p.grad for p in params]))).all():
+        if not params or torch.isfinite(torch.stack(grad_norms([p.grad for p in params]))).all():
             return
         last = getattr(trainer.checkpoint_callback, "last_model_path", "") or "none saved yet"
         rows = ", ".join(self.window_rows[:20]) + (" ..." if len(self.window_rows) > 20 else "")

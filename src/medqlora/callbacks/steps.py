@@ -6,13 +6,9 @@ from pathlib import Path
 
 import lightning as L
 
+from medqlora.compat import optimizer_step_done
 
-def optimizer_step_done(trainer: L.Trainer) -> bool:
-    """In `on_train_batch_end`: did this micro-batch finish an optimizer step?
-
-    Counts an epoch's last, partial accumulation window, which `(batch_idx + 1) % accumulate` misses.
-    Lightning 2.6 has no public form of this test, so its loop's own is used."""
-    return not trainer.fit_loop._should_accumulate()
+__all__ = ["optimizer_step_done", "run_dir"]
 
 
 def run_dir(trainer: L.Trainer) -> Path:

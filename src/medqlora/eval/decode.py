@@ -18,8 +18,9 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
+from medqlora.compat import cache_kwarg
 from medqlora.model.masks import cache_masks
-from medqlora.model.parts import cache_kwarg, embedded_inputs, logits, ple_rows_for, text_model
+from medqlora.model.parts import embedded_inputs, logits, ple_rows_for, text_model
 
 SLOT_ROUNDING = 64  # cache lengths rounded up: fewer distinct graph shapes, aligned attention
 

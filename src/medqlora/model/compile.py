@@ -17,7 +17,6 @@ variant mid-epoch (about 40 s on E2B).
 
 from __future__ import annotations
 
-import inspect
 import os
 import shutil
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from functools import partial
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from medqlora.compat import own_forward, raise_recompile_limit, replace_forward
 from medqlora.model.parts import text_model
 
 RECOMPILE_LIMIT = 64  # graphs per compiled function: E2B's layer variants need ~8, dynamo's default limit is 8
@@ -66,15 +66,12 @@ def compile_decoder_layers(model: torch.nn.Module, checkpointing: bool) -> int:
 
     Compilation itself happens at the first forward of each layer variant. Call after the adapter is applied."""
     layers = decoder_layers(model)
-    # transformers >= 5.2x wraps the class's forward in its checkpointing; the layer's own forward is inside
-    eager = inspect.unwrap(type(layers[0]).forward)
+    eager = own_forward(type(layers[0]))
     compiled = torch.compile(eager, dynamic=False, options={"fallback_random": True})
-    dynamo = torch._dynamo.config
-    limit = "recompile_limit" if hasattr(dynamo, "recompile_limit") else "cache_size_limit"  # renamed in torch 2.6+
-    setattr(dynamo, limit, max(getattr(dynamo, limit), RECOMPILE_LIMIT))
+    raise_recompile_limit(RECOMPILE_LIMIT)
     for layer in layers:
         layer.gradient_checkpointing = False  # checkpointed by CompiledLayerForward instead
-        layer.forward = CompiledLayerForward(layer, compiled, eager, checkpointing)
+        replace_forward(layer, CompiledLayerForward(layer, compiled, eager, checkpointing))
     return len(layers)
 
 

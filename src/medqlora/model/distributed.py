@@ -23,14 +23,14 @@ from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.strategies import FSDPStrategy
 from torch import nn
 
+from medqlora.compat import decoder_layer_class, fsdp_root_unset
+
 WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
 
 
 def decoder_layer_classes() -> set[type[nn.Module]]:
     """Gemma 4's decoder layer class (the unit FSDP shards and gathers one at a time)."""
-    from transformers.models.gemma4.modeling_gemma4 import Gemma4TextDecoderLayer
-
-    return {Gemma4TextDecoderLayer}
+    return {decoder_layer_class()}
 
 
 def qlora_wrap_policy(module: nn.Module, recurse: bool, nonwrapped_numel: int) -> bool:
@@ -93,7 +93,7 @@ class QLoRAFSDPStrategy(FSDPStrategy):
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
         root = self.model
-        if getattr(root, "_is_root", True) is None:
+        if fsdp_root_unset(root):
             # no forward yet: the first unit FSDP initialises becomes its root, so let the real root go first
             with FSDP.summon_full_params(root, recurse=False, writeback=False):
                 pass
@@ -148,7 +148,7 @@ class QLoRAFSDPStrategy(FSDPStrategy):
     def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         """Every rank's own optimizer state (over its shards), gathered to rank 0 (a collective)."""
         if isinstance(optimizer, LightningOptimizer):
-            optimizer = optimizer._optimizer
+            optimizer = optimizer.optimizer
         local = move_data_to_device(optimizer.state_dict(), "cpu")
         ranks = [None] * self.world_size if self.global_rank == 0 else None
         torch.distributed.gather_object(local, ranks, dst=0)

@@ -2,8 +2,9 @@
 
 On E2B the PLE table is 262,144 x 8,960 (2.35 B parameters, 4.4 GiB in bf16), frozen, and a step reads
 only the rows of its own tokens. `HostEmbedding` keeps the table on the CPU and ships those rows: the
-Lightning module gathers them for a batch before the batch is moved to the GPU (`prefetch`), so the
-copy rides along with the batch; any other call (generation, a user's forward) gathers synchronously.
+Lightning module gathers them for a batch before the batch is moved to the GPU, so the copy rides along with
+the batch, and hands them to the text model as its `per_layer_inputs` (`parts.embedded_inputs`); a call of the
+module itself (a user's forward through transformers) gathers synchronously.
 Hand-written because neither transformers nor accelerate offers a frozen gather-only host embedding.
 
 Several processes on one machine (DDP, FSDP) share one copy: `share_across_local_ranks` maps a single file into
@@ -38,7 +39,6 @@ class HostEmbedding(nn.Module):
         self.embedding_dim = self.table.shape[1]
         self.scale = float(getattr(embedding, "scalar_embed_scale", 1.0))
         self._scale_on: dict[tuple, torch.Tensor] = {}  # the scale as a tensor per (device, dtype), made once
-        self._prefetched: tuple[torch.Tensor, torch.Tensor] | None = None
         # two pinned buffers, alternated: page-locking 70 MB every step is slow, and the batch gathered
         # into one buffer may still be copying to the GPU while the next batch is gathered
         self._pinned: list[torch.Tensor | None] = [None, None]
@@ -61,10 +61,6 @@ class HostEmbedding(nn.Module):
         torch.index_select(self.table, 0, ids, out=out)
         return out.view(*input_ids.shape, self.embedding_dim)
 
-    def prefetch(self, input_ids: torch.Tensor, rows: torch.Tensor) -> None:
-        """Hand over rows gathered (and moved) ahead of the very next forward, which must be for these ids."""
-        self._prefetched = (input_ids, rows)
-
     def write_table(self, path: Path) -> None:
         """Write the table's bytes to `path` (atomically), for `map_table`."""
         with atomic_path(path) as tmp:
@@ -78,12 +74,7 @@ class HostEmbedding(nn.Module):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Scaled embedding rows on the ids' device, as `Gemma4TextScaledWordEmbedding` returns them."""
-        ready, self._prefetched = self._prefetched, None
-        if ready is not None and ready[0].shape == input_ids.shape:  # Gemma4Model passes a clone
-            rows = ready[1]
-        else:
-            rows = self.gather(input_ids).to(input_ids.device, non_blocking=True)
-        return self.scaled(rows)
+        return self.scaled(self.gather(input_ids).to(input_ids.device, non_blocking=True))
 
     def scaled(self, rows: torch.Tensor) -> torch.Tensor:
         """Gathered rows (`gather`, on any device) times the embedding's scale, as `forward` returns them."""
@@ -91,13 +82,6 @@ class HostEmbedding(nn.Module):
         if key not in self._scale_on:  # not per call: a host-to-GPU copy inside a CUDA graph capture is an error
             self._scale_on[key] = torch.tensor(self.scale, dtype=rows.dtype, device=rows.device)
         return rows * self._scale_on[key]
-
-
-def move_ple_to_host(model: nn.Module, dtype: torch.dtype) -> HostEmbedding:
-    """Swap a loaded Gemma 4's per-layer embedding for a `HostEmbedding` (`load_base_model(ple_on_host=True)`)."""
-    text_model = model.model.language_model
-    text_model.embed_tokens_per_layer = HostEmbedding(text_model.embed_tokens_per_layer, dtype)
-    return text_model.embed_tokens_per_layer
 
 
 def share_across_local_ranks(embedding: HostEmbedding, strategy, local_rank: int) -> Path:

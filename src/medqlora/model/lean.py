@@ -8,10 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from medqlora.model.plan import check_switches
+
 
 @dataclass
 class LeanSpec:
-    """Memory and speed switches of the default path; turn all off for the plain recipe.
+    """Memory and speed switches; the defaults are the recipe's (configs/gemma4-e2b-medical.yaml), all off is the
+    plain recipe.
 
     Args:
         chunked_loss: project only label positions to the vocabulary, in chunks recomputed in backward.
@@ -25,18 +28,17 @@ class LeanSpec:
         attention: transformers' attention implementation, `sdpa` or `eager` (slow; for debugging); packed
             rows get their block-diagonal mask from the position ids either way.
         loss_grad_in_forward: compute each loss chunk's gradient while its logits exist instead of recomputing
-            them in backward (saves a third of the LM head's work and 0.1 GiB at 2 x 2048; model/loss.py). On in
-            the recipe's config; off here, since a trainable LM head refuses it.
+            them in backward (saves a third of the LM head's work and 0.1 GiB at 2 x 2048; model/loss.py). The LM
+            head is frozen in every LoRA setup medqlora builds (it is the tied token embedding).
         compile_layers: run each decoder layer through one `torch.compile`d forward (model/compile.py): fuses the
             elementwise work whose kernel launches bound the step at small micro-batches (with
             loss_grad_in_forward, 1.60x at 2 x 2048 on an H100); one to two minutes of compilation at the first steps.
-            On in the recipe's config; off here because on a CPU compiling costs more than it saves. Not with FSDP.
+            `auto` (default): on a GPU, except under FSDP; on a CPU compiling costs more than it saves.
         cuda_graph: capture a training micro-batch's forward and backward as one CUDA graph and replay it for every
-            micro-batch of that shape (model/graphed.py): the host no longer paces the GPU (with the two switches
-            above, 2.39x eager layers at 2 x 2048 on an H100, +0.09 GiB). Packed micro-batches all have one shape;
-            padded ones change shape and mostly run eagerly. On a GPU only (elsewhere the same step runs uncaptured),
-            one GPU only (not DDP or FSDP), bf16 or fp32 (not fp16's loss scaler), with chunked_loss and sdpa
-            attention. On in the recipe's config.
+            micro-batch of that shape (model/step.py): the host no longer paces the GPU (with the two switches
+            above, 2.39x eager layers at 2 x 2048 on an H100, +0.09 GiB). `auto` (default): on wherever it can
+            capture (one GPU, bf16 or fp32, packed rows, chunked loss, sdpa); `true` elsewhere is refused, or on a CPU
+            runs the graph's step uncaptured. model/plan.py lists what goes with what.
     """
 
     chunked_loss: bool = True
@@ -46,25 +48,19 @@ class LeanSpec:
     text_only: bool = True
     upcast_frozen: bool = False
     attention: Literal["sdpa", "eager"] = "sdpa"
-    loss_grad_in_forward: bool = False
-    compile_layers: bool = False
-    cuda_graph: bool = False
+    loss_grad_in_forward: bool = True
+    compile_layers: bool | Literal["auto"] = "auto"
+    cuda_graph: bool | Literal["auto"] = "auto"
 
     def __post_init__(self) -> None:
         if self.loss_chunk_size < 1:
             raise ValueError(f"model.lean.loss_chunk_size={self.loss_chunk_size} must be >= 1 (default 256)")
-        if self.cuda_graph and not self.chunked_loss:
-            raise ValueError(
-                "model.lean.cuda_graph=true needs model.lean.chunked_loss=true (the full-logits loss selects the "
-                "supervised positions, a size the graph cannot hold); turn chunked_loss on or cuda_graph off"
-            )
-        if self.cuda_graph and self.attention != "sdpa":
-            raise ValueError(
-                f"model.lean.cuda_graph=true needs model.lean.attention=sdpa, not {self.attention!r} (the graph's "
-                "masks are SDPA's boolean masks); set attention to sdpa or cuda_graph to false"
-            )
         if self.attention not in ("sdpa", "eager"):
             raise ValueError(
                 f"model.lean.attention={self.attention!r}: use sdpa (default) or eager (flex_attention "
                 "does not compile for E2B's head_dim 512 on an H100: docs/benchmarks.md)"
             )
+        for name in ("compile_layers", "cuda_graph"):
+            if getattr(self, name) not in (True, False, "auto"):
+                raise ValueError(f"model.lean.{name}={getattr(self, name)!r}: use true, false or auto (default)")
+        check_switches(self)  # the switch table against the config alone; against the run at set-up

@@ -10,8 +10,10 @@ from typing import Literal
 
 import torch
 
+from medqlora.compat import keep_4bit_layout
 from medqlora.hub import load_config, resolve_name_or_path
-from medqlora.model.host_embedding import move_ple_to_host
+from medqlora.model.host_embedding import HostEmbedding
+from medqlora.model.parts import text_model
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 PLE_MODULE = "model.language_model.embed_tokens_per_layer"
@@ -120,7 +122,8 @@ def load_base_model(
 
         remove_hook_from_module(model, recurse=True)  # weights stay where the device map put them
     if ple_on_host:
-        move_ple_to_host(model, quant.dtype)
+        text = text_model(model)
+        text.embed_tokens_per_layer = HostEmbedding(text.embed_tokens_per_layer, quant.dtype)
     keep_4bit_layout(model)
     return model
 
@@ -155,19 +158,3 @@ def split_device_map(config, target: str, elsewhere: dict[str, str]) -> dict[str
     if missing:
         raise ValueError(f"no module named {sorted(missing)} in {type(model).__name__}")
     return device_map
-
-
-def keep_4bit_layout(model: torch.nn.Module) -> int:
-    """Switch off bitsandbytes' packed CPU layout on every 4-bit linear; returns how many were switched.
-
-    On CPUs with AVX512-BF16, bitsandbytes >= 0.50 repacks a `Linear4bit`'s weight in place the first time it
-    runs in eval mode without grad (validation, generation), and asserts that its output size is a multiple
-    of 32. Training after that runs on weights requantised from the packed copy, so train -> validate -> train
-    would differ from a CPU without the feature. Keeping one layout everywhere makes every CPU compute the same.
-    """
-    switched = 0
-    for module in model.modules():
-        if getattr(module, "support_avx512bf16_for_cpu", False):
-            module.support_avx512bf16_for_cpu = False
-            switched += 1
-    return switched

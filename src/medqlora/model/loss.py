@@ -11,7 +11,7 @@ recomputing every chunk's [chunk x vocab] logits in backward (a third of the LM 
 on E2B). It needs the head's weight frozen, as it is in QLoRA (the tied token embedding).
 
 With `fixed_shape` every position is projected and unsupervised ones weigh zero, instead of selecting the supervised
-ones: the selection's size is data, which a CUDA graph cannot capture (model/graphed.py). It costs the LM head's work
+ones: the selection's size is data, which a CUDA graph cannot capture (model/step.py). It costs the LM head's work
 on the unsupervised positions, and `preds`/`targets` then cover every position (targets -100 where unsupervised).
 """
 

@@ -8,18 +8,17 @@ weights a checkpoint holds (the adapter only, never the frozen 4-bit base).
 from __future__ import annotations
 
 import random
-from functools import partial
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric
 
+from medqlora import compat
 from medqlora.data.chat import IGNORE_INDEX
 from medqlora.hub import load_config
 from medqlora.model.compile import compile_decoder_layers, missing_compiler
 from medqlora.model.distributed import clean_name, is_fsdp
-from medqlora.model.graphed import MicroBatchGraph, check_graphable_run
 from medqlora.model.host_embedding import HostEmbedding, share_across_local_ranks
 from medqlora.model.lean import LeanSpec
 from medqlora.model.loading import QuantSpec, load_base_model
@@ -27,7 +26,9 @@ from medqlora.model.lora import LoraSpec, apply_lora, trainable_summary
 from medqlora.model.loss import LossOutput, chunked_lm_loss, full_logits_loss
 from medqlora.model.masks import packed_attention_masks
 from medqlora.model.optimizer import Optimizer, build_optimizer
-from medqlora.model.parts import text_model
+from medqlora.model.parts import embedded_inputs, lm_head, ple_rows_for, text_model
+from medqlora.model.plan import Form, RunFacts, StepPlan, plan_step
+from medqlora.model.step import TrainStep
 
 
 def drop_right_padding_mask(batch: dict) -> dict:
@@ -87,7 +88,8 @@ class QLoRAModule(L.LightningModule):
         text = self.config.get_text_config()
         self.softcap, self.sliding_window = text.final_logit_softcapping, text.sliding_window
         self.model = None
-        self.micro_batch_graph: MicroBatchGraph | None = None
+        self.plan: StepPlan | None = None  # fixed at set-up (model/plan.py)
+        self.train_step: TrainStep | None = None  # the accumulation protocol (model/step.py)
         self.strict_loading = False  # checkpoints hold the adapter only
         for split in ("train", "val", "test"):
             # token-weighted means; "disable": checking each value for NaN would make the host wait for the GPU
@@ -99,27 +101,12 @@ class QLoRAModule(L.LightningModule):
         """Load the 4-bit base on the strategy's device and add the adapter (once)."""
         if self.model is not None:
             return
-        fsdp = self._trainer is not None and is_fsdp(self.trainer.strategy)
-        if self.lean.cuda_graph and self._trainer is not None:
-            check_graphable_run(self.trainer)
-        if fsdp and self.lean.compile_layers:
-            raise ValueError(
-                "model.lean.compile_layers=true is not supported under FSDP (its units wrap the layers the compiled "
-                "forward replaces); set it to false, or train with DDP (configs/ddp.yaml)"
-            )
-        if fsdp and self.quant.load_in_4bit and self.quant.quant_storage != self.quant.compute_dtype:
-            raise ValueError(
-                f"model.quantization.quant_storage={self.quant.quant_storage!r} cannot be sharded by "
-                f"FSDP; set it to the compute dtype ({self.quant.compute_dtype!r}), as "
-                "configs/fsdp.yaml does"
-            )
+        if self._trainer is not None:
+            run = RunFacts.of(self.trainer, self.quant)
+        else:  # a module used outside Lightning (a notebook, a test) loads on the CPU
+            run = RunFacts(missing_compiler=missing_compiler("cpu"))
+        self.plan = plan_step(self.lean, run)  # refuses, before minutes of loading, what the run cannot take
         device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
-        compiler = missing_compiler(device.type) if self.lean.compile_layers else None
-        if compiler:  # fail before minutes of loading, not at the first step
-            raise ValueError(
-                f"model.lean.compile_layers=true needs a compiler for torch.compile on {device.type} and none is on "
-                f"PATH; install one ({compiler}: apt install build-essential) or set model.lean.compile_layers=false"
-            )
         base = load_base_model(
             self.name_or_path,
             self.quant,
@@ -135,9 +122,7 @@ class QLoRAModule(L.LightningModule):
 
             base = prepare_model_for_kbit_training(base, self.hparams.gradient_checkpointing, gc_kwargs)
         elif self.hparams.gradient_checkpointing:
-            # transformers >= 5.2x renamed it; 5.17 (the GPU image) only has the old name
-            enable = getattr(base, "activation_checkpointing_enable", None) or base.gradient_checkpointing_enable
-            enable(gc_kwargs)
+            compat.enable_activation_checkpointing(base, gc_kwargs)
             base.enable_input_require_grads()
         host = text_model(base).embed_tokens_per_layer
         if (
@@ -150,11 +135,16 @@ class QLoRAModule(L.LightningModule):
         torch.manual_seed(self.hparams.seed)
         with torch.device("cpu"):  # one init per seed on any device and strategy (CUDA draws another stream)
             self.model = apply_lora(base, self.lora)  # PEFT moves each adapter to its base layer's device
-        if self.lean.compile_layers:
+        if self.plan.compile_layers:
             compile_decoder_layers(self.model, self.hparams.gradient_checkpointing)
-        if self.lean.cuda_graph:
-            trainable = [p for p in self.model.parameters() if p.requires_grad]
-            self.micro_batch_graph = MicroBatchGraph(partial(self.forward, fixed_shape=True), trainable)
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
+        self.train_step = TrainStep(
+            lambda batch: self.forward(batch, self.plan.train),
+            [p for p in self.model.parameters() if p.requires_grad],
+            backward_in_step=self.plan.backward_in_step,
+            graphed=self.plan.cuda_graph,
+            loss_scale=None if scaler is None else scaler.scale,
+        )
         self.model.train()
         if device.type == "cuda":
             torch.cuda.empty_cache()  # hand back what loading reserved, so reserved memory reflects training
@@ -171,40 +161,39 @@ class QLoRAModule(L.LightningModule):
         the batch's PLE rows so they travel to the GPU with the batch."""
         batch = drop_right_padding_mask(batch)
         if self.model is not None and self.host_embedding is not None:
-            batch["ple_rows"] = self.host_embedding.gather(batch["input_ids"])
+            batch["ple_rows"] = ple_rows_for(self.model, batch["input_ids"], batch["input_ids"].device)
         return batch
 
-    def forward(self, batch: dict, fixed_shape: bool = False) -> LossOutput:
-        """Loss, predictions and targets over the batch's supervised tokens.
+    def forward(self, batch: dict, form: Form | None = None) -> LossOutput:
+        """Loss, predictions and targets over the batch's supervised tokens, in `form` (default: the plan's
+        evaluation form; `training_step` passes the training form).
 
-        `fixed_shape`: nothing the host decides depends on GPU values, so a CUDA graph can capture it (masks built
-        on the GPU from the position ids, a loss over every position with unsupervised ones weighing zero; preds
-        and targets then cover every position, targets -100 where unsupervised). Compiled layers get those masks
-        too: transformers' choice between a mask and SDPA's is_causal would compile each layer twice."""
-        rows = batch.get("ple_rows")
-        if rows is not None:
-            self.host_embedding.prefetch(batch["input_ids"], rows)
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
-        own_masks = (fixed_shape or self.lean.compile_layers) and self.lean.attention == "sdpa"
-        if own_masks and "attention_mask" not in inputs:
+        The text model gets its embeddings and per-layer inputs from `parts.embedded_inputs` (the batch's PLE rows,
+        when the table is in host memory). With `form.own_masks` the attention masks come from the position ids,
+        on the device (model/masks.py); with `form.fixed_shape` the loss covers every position, unsupervised ones
+        weighing zero, so nothing the host decides depends on GPU values (a CUDA graph can capture it; preds and
+        targets then cover every position, targets -100 where unsupervised)."""
+        form = form or self.plan.evaluate
+        inputs = {k: batch[k] for k in ("attention_mask", "position_ids") if k in batch}
+        inputs.update(embedded_inputs(self.model, batch["input_ids"], batch.get("ple_rows")))
+        if form.own_masks and "attention_mask" not in inputs:
             position_ids = inputs.get("position_ids")
             if position_ids is None:
-                ids = inputs["input_ids"]
+                ids = batch["input_ids"]
                 position_ids = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
             inputs["attention_mask"] = packed_attention_masks(position_ids, self.sliding_window)
-        if self.lean.chunked_loss:
-            causal_lm = self.model.base_model.model
-            hidden = causal_lm.model(**inputs, use_cache=False).last_hidden_state
-            return chunked_lm_loss(
-                hidden,
-                causal_lm.lm_head.weight,
-                batch["labels"],
-                self.softcap,
-                self.lean.loss_chunk_size,
-                self.lean.loss_grad_in_forward,
-                fixed_shape,
-            )
-        return full_logits_loss(self.model(**inputs, use_cache=False).logits, batch["labels"])
+        if self.plan.loss == "full_logits":
+            return full_logits_loss(self.model(**inputs, use_cache=False).logits, batch["labels"])
+        hidden = text_model(self.model)(**inputs, use_cache=False).last_hidden_state
+        return chunked_lm_loss(
+            hidden,
+            lm_head(self.model).weight,
+            batch["labels"],
+            self.softcap,
+            self.lean.loss_chunk_size,
+            self.plan.loss == "chunked_grad_in_forward",
+            form.fixed_shape,
+        )
 
     # -- steps --------------------------------------------------------------------------------------
     def _log_step(self, out: LossOutput, split: str) -> torch.Tensor:
@@ -223,30 +212,21 @@ class QLoRAModule(L.LightningModule):
         return out.loss
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        """One micro-batch: mean loss over its supervised tokens. With `lean.cuda_graph` its backward runs here too
-        (model/graphed.py), and `backward` below then has nothing left to do."""
-        if self.micro_batch_graph is None:
-            return self._log_step(self(batch), "train")
-        accumulate = self.trainer.accumulate_grad_batches
-        if batch_idx % accumulate == 0:  # a window's first micro-batch: Lightning would zero after this step
-            self.micro_batch_graph.zero_grad()
-        return self._log_step(self.micro_batch_graph(batch, accumulate), "train")
+        """One micro-batch through the step unit (model/step.py: zeroing, forward, backward, the CUDA graph)."""
+        out = self.train_step(batch, batch_idx, self.trainer.accumulate_grad_batches)
+        return self._log_step(out, "train")
 
     def backward(self, loss: torch.Tensor, *args, **kwargs) -> None:
-        """Lightning's backward, unless the micro-batch graph already ran it in `training_step`."""
-        if self.micro_batch_graph is None:
-            super().backward(loss, *args, **kwargs)
+        """Lightning's backward hook: the step unit's (it runs backward in the step on one process)."""
+        self.train_step.backward(loss)
 
     def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
-        """Lightning's zero_grad, which it calls between a window's first training step and its backward: with
-        `lean.cuda_graph` that backward has already run, so `training_step` zeroes before it instead."""
-        if self.micro_batch_graph is None:
-            optimizer.zero_grad()
+        """Lightning's zero_grad hook: nothing, the step unit zeroes at each window's first micro-batch."""
 
     def on_train_end(self) -> None:
         """Free the micro-batch graph's memory pool (evaluation in the same process runs without it)."""
-        if self.micro_batch_graph is not None:
-            self.micro_batch_graph.release()
+        if self.train_step is not None:
+            self.train_step.release()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         """Token-weighted eval loss and next-token accuracy (the model card's "accuracy")."""
@@ -302,15 +282,7 @@ class QLoRAModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Restore the random generators saved with the checkpoint, and the loop's logging step."""
-        fit_loop = checkpoint.get("loops", {}).get("fit_loop", {})
-        loop, progress = fit_loop.get("epoch_loop.state_dict"), fit_loop.get("epoch_loop.batch_progress")
-        if loop is not None and progress is not None and "global_step" in checkpoint:
-            # Lightning counts a step for logging only after its validation, and on restart adds the missing one
-            # back only for checkpoints saved at a train-batch end; one saved at a mid-epoch validation would make
-            # the resumed run log every row a step early (and overwrite the earlier rows of metrics.csv)
-            total = progress["total"]
-            lightning_adds_one = total["completed"] == total["processed"] - 1
-            loop["_batches_that_stepped"] = checkpoint["global_step"] - int(lightning_adds_one)
+        compat.restore_logging_step(checkpoint)
         states = checkpoint.get("rng_states")
         if states:
             torch.set_rng_state(states["torch"])

@@ -2,48 +2,22 @@
 
 bitsandbytes' 8-bit AdamW updates one tensor at a time and synchronises the device after each (for its paged
 variant's prefetches); over the 410 LoRA tensors of E2B that is 410 host-device round trips per optimizer step.
-`AdamW8bit` is the same optimizer without them: the same kernel, arguments, state and checkpoints.
+`medqlora.compat.adamw8bit_without_syncs` is the same optimizer without them: the same kernel, arguments, state and
+checkpoints. On one H200 at the recipe's setting it is worth ~1% of training throughput (with bitsandbytes' own step
+the default trained at 0.989x, with this one 0.997x, of the same run's earlier build:
+benchmarks/results/2026-12-02-h200-step-unit.json), so it stays.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from functools import cache
+from collections.abc import Iterable
 from typing import Literal
 
 import torch
 
+from medqlora.compat import adamw8bit_without_syncs
+
 Optimizer = Literal["adamw_8bit", "paged_adamw_8bit", "adamw"]
-
-
-@cache  # one class: bitsandbytes is imported only when the 8-bit optimizer is asked for
-def _bnb_adamw8bit() -> type:
-    import bitsandbytes as bnb
-
-    class AdamW8bit(bnb.optim.AdamW8bit):
-        """bitsandbytes' 8-bit AdamW whose step leaves the device queue running: no synchronisation per tensor
-        (the kernels of one stream already run in order; only paged state, not used here, needs the sync)."""
-
-        @torch.no_grad()
-        def step(self, closure: Callable[[], float] | None = None) -> float | None:
-            loss = None
-            if closure is not None:
-                with torch.enable_grad():
-                    loss = closure()
-            if not self.initialized:  # as bitsandbytes' step does on its first call
-                self.check_overrides()
-                self.to_gpu()
-                self.initialized = True
-            for gindex, group in enumerate(self.param_groups):
-                for pindex, p in enumerate(group["params"]):
-                    if p.grad is None:
-                        continue
-                    if not self.state[p]:
-                        self.init_state(group, p, gindex, pindex)
-                    self.update_step(group, p, gindex, pindex)
-            return loss
-
-    return AdamW8bit
 
 
 def build_optimizer(
@@ -59,5 +33,5 @@ def build_optimizer(
 
         return bnb.optim.PagedAdamW8bit(params, **kwargs)
     if name == "adamw_8bit":
-        return _bnb_adamw8bit()(params, **kwargs)
+        return adamw8bit_without_syncs()(params, **kwargs)
     raise ValueError(f"model.optimizer={name!r}: use adamw_8bit (the recipe), paged_adamw_8bit or adamw")

@@ -6,8 +6,6 @@
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 from torch import nn
 
@@ -40,12 +38,6 @@ def logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     out = lm_head(model)(hidden).float()
     cap = final_softcap(model)
     return torch.tanh(out / cap) * cap if cap else out
-
-
-def cache_kwarg(text: nn.Module) -> str:
-    """The keyword the text model takes its KV cache under: transformers 5.17 says `past_key_values`, 5.2x `cache`
-    (the old name still accepted there, with a deprecation warning)."""
-    return "cache" if "cache" in inspect.signature(text.forward).parameters else "past_key_values"
 
 
 PLACEHOLDERS = ("image_token_id", "audio_token_id", "video_token_id")
