@@ -43,19 +43,30 @@ WARMUP_BATCHES, TIMED_BATCHES = 3, int(os.environ.get("BENCH_TIMED", 21))
 GIB = 1024**3
 
 
+def mix_lengths(rng: random.Random) -> tuple[int, int]:
+    """(prompt, answer) tokens of one row of the mix's length profile (MIX), capped at the recipe's max length."""
+    name = rng.choices(list(MIX), weights=[m[2] for m in MIX.values()])[0]
+    p_med, a_med, _ = MIX[name]
+    prompt = max(4, round(rng.lognormvariate(math.log(p_med), 0.5)))
+    answer = max(2, round(rng.lognormvariate(math.log(a_med), 0.5)))
+    prompt = min(prompt, MAX_LEN - 2)
+    return prompt, min(answer, MAX_LEN - prompt)
+
+
+def expected_epoch_supervised_tokens(rows: int = EPOCH_ROWS, draws: int = 200_000, seed: int = 0) -> int:
+    """Supervised tokens in an epoch of `rows` rows of the mix: the mean answer length (every answer token is a
+    supervised target) over `draws` rows drawn as `synthetic_rows` draws them, times `rows`. Fixed seed: the same
+    count in every run, whichever rows a case happened to time."""
+    rng = random.Random(seed)
+    return round(sum(mix_lengths(rng)[1] for _ in range(draws)) / draws * rows)
+
+
 def synthetic_rows(kind: str, n: int, vocab: int, seed: int = 0) -> list[dict]:
     """Rows of random token ids: full 2048-token rows (all supervised), or the mix's length profile."""
     rng = random.Random(seed)
     rows = []
     for _ in range(n):
-        if kind == "full-2x2048":
-            prompt, answer = 1, MAX_LEN - 1
-        else:
-            name = rng.choices(list(MIX), weights=[m[2] for m in MIX.values()])[0]
-            p_med, a_med, _ = MIX[name]
-            prompt = max(4, round(rng.lognormvariate(math.log(p_med), 0.5)))
-            answer = max(2, round(rng.lognormvariate(math.log(a_med), 0.5)))
-            prompt, answer = min(prompt, MAX_LEN - 2), min(answer, MAX_LEN - min(prompt, MAX_LEN - 2))
+        prompt, answer = (1, MAX_LEN - 1) if kind == "full-2x2048" else mix_lengths(rng)
         ids = [2] + [rng.randrange(3, vocab) for _ in range(prompt + answer - 1)]
         rows.append({"input_ids": ids, "labels": [-100] * prompt + ids[prompt:]})
     return rows
@@ -105,6 +116,7 @@ class Clock:
         self.last = now
 
 
+EPOCH_SUPERVISED_TOKENS = expected_epoch_supervised_tokens()
 FLOP_MODEL: FlopModel | None = None  # set by bench_train.case(): model FLOPs of each micro-batch, for MFU
 
 
@@ -141,7 +153,9 @@ def summarise(system: str, kind: str, clock: Clock, device: torch.device, warmup
         "rows_per_s": total["rows"] / seconds,
         "padding_share": 1 - total["tokens"] / total["slots"],
         "supervised_share": total["supervised"] / total["tokens"],
-        "epoch_minutes": EPOCH_ROWS / (total["rows"] / seconds) / 60,
+        # the mix's expected supervised tokens at this case's supervised rate (not its rows/s: windows of rows differ)
+        "epoch_supervised_tokens": EPOCH_SUPERVISED_TOKENS,
+        "epoch_minutes": EPOCH_SUPERVISED_TOKENS / (total["supervised"] / seconds) / 60,
         "model_tflops_per_s": sum(st["flops"] for _, st in timed) / seconds / 1e12,
         "flops_per_token": sum(st["flops"] for _, st in timed) / max(total["tokens"], 1),
     }
