@@ -157,24 +157,22 @@ def test_compat_grad_norms_and_zero_all():
     assert tensors[0] is first and all(bool((t == 0).all()) for t in tensors)
 
 
-def _tiny_model():
+def _tiny_model(tiny_dir):
     from transformers import AutoModelForCausalLM
 
-    from medqlora.tiny import ensure_tiny_model
-
-    return AutoModelForCausalLM.from_pretrained(ensure_tiny_model(), dtype=torch.float32)
+    return AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
 
 
-def _tiny_text():
+def _tiny_text(tiny_dir):
     from medqlora.model.parts import text_model
 
-    return text_model(_tiny_model())
+    return text_model(_tiny_model(tiny_dir))
 
 
-def test_compat_own_forward_and_decoder_layer_class():
+def test_compat_own_forward_and_decoder_layer_class(tiny_dir):
     """The decoder layer class is where medqlora imports it from, and its unwrapped forward is the layer's own (it
     takes the hidden states and the per-layer input), not transformers' checkpointing wrapper."""
-    text = _tiny_text()
+    text = _tiny_text(tiny_dir)
     layer_class = compat.decoder_layer_class()
     assert all(isinstance(layer, layer_class) for layer in text.layers)
     forward = compat.own_forward(layer_class)
@@ -182,22 +180,22 @@ def test_compat_own_forward_and_decoder_layer_class():
     assert list(inspect.signature(forward).parameters)[:3] == ["self", "hidden_states", "per_layer_input"]
 
 
-def test_compat_enable_activation_checkpointing():
+def test_compat_enable_activation_checkpointing(tiny_dir):
     from medqlora.model.parts import text_model
 
-    model = _tiny_model()
+    model = _tiny_model(tiny_dir)
     compat.enable_activation_checkpointing(model, {"use_reentrant": False})
 
     assert all(layer.gradient_checkpointing for layer in text_model(model).layers)
 
 
-def test_compat_cache_kwarg_and_CACHE_METHODS():
+def test_compat_cache_kwarg_and_CACHE_METHODS(tiny_dir):
     """The text model takes a cache under `cache_kwarg`'s name and, given positions and tensor masks, calls only the
     methods in CACHE_METHODS on it, and reads CACHE_OPTIONAL's attributes only where it has a default (eval/decode.py's
     StaticCache implements just CACHE_METHODS)."""
     from medqlora.model.masks import cache_masks
 
-    text = _tiny_text()
+    text = _tiny_text(tiny_dir)
     called = []
 
     class Recorder:

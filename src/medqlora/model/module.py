@@ -160,9 +160,8 @@ class QLoRAModule(L.LightningModule):
         """On the host, before the batch moves: drop a right-padding mask (`drop_right_padding_mask`) and gather
         the batch's PLE rows so they travel to the GPU with the batch."""
         batch = drop_right_padding_mask(batch)
-        if self.model is not None and self.host_embedding is not None:
-            batch["ple_rows"] = ple_rows_for(self.model, batch["input_ids"], batch["input_ids"].device)
-        return batch
+        rows = None if self.model is None else ple_rows_for(self.model, batch["input_ids"], batch["input_ids"].device)
+        return batch if rows is None else {**batch, "ple_rows": rows}
 
     def forward(self, batch: dict, form: Form | None = None) -> LossOutput:
         """Loss, predictions and targets over the batch's supervised tokens, in `form` (default: the plan's
