@@ -64,8 +64,17 @@ def case(args: argparse.Namespace) -> None:
         total = torch.cuda.get_device_properties(device).total_memory
         torch.cuda.set_per_process_memory_fraction(args.memory_cap_gib * GIB / total, device.index or 0)
     if args.system in ("plain-recipe", "plain-careful"):
-        clock = run_plain(model_path, rows, device, careful=args.system == "plain-careful")
-        result = summarise(args.system, args.rows, clock, device)
+        window = MICRO_BATCH * ACCUMULATE  # rows of one optimizer step: one warm-up window, then whole windows
+        warm, timed = medqlora_rows(rows, args.pack_tokens, args.micro_batch, window)
+        trained = warm + timed[: len(timed) // window * window]
+        clock = run_plain(model_path, trained, device, careful=args.system == "plain-careful")
+        result = summarise(args.system, args.rows, clock, device, warmup=ACCUMULATE)
+        result["rows_as_medqlora"] = True
+    elif args.system == "trl":
+        from trl_peer import run_trl
+
+        clock = run_trl(model_path, rows, device)
+        result = summarise(args.system, args.rows, clock, device, warmup=1)
     else:
         clock, memory, world = run_medqlora(model_path, rows, device, args)
         if world < 0:
@@ -81,10 +90,9 @@ def case(args: argparse.Namespace) -> None:
             "ple_shared": not args.ple_private,
             "same_rows_as": args.same_rows_as,
             "loss_chunk": args.loss_chunk,
-            "attention": args.attention + (" (math backend)" if args.sdpa_math else ""),
-            "compile_layers": args.compile,
-            "loss_grad_in_forward": args.loss_grad_in_forward,
-            "cuda_graph": args.cuda_graph,
+            **medqlora_run.lean_switches(args),
+            "lean_from_recipe": args.recipe_lean,
+            "sdpa_math": args.sdpa_math,
             "skip_guards": args.skip_guards,
             "compute_dtype": args.compute_dtype or workload.RECIPE["model"]["quantization"]["compute_dtype"],
         }
@@ -116,6 +124,23 @@ def case(args: argparse.Namespace) -> None:
     print(json.dumps(result), flush=True)
 
 
+def medqlora_rows(
+    rows: list[dict], pack_tokens: int, micro_batch: int, warmup_rows: int
+) -> tuple[list[dict], list[dict]]:
+    """`warmup_rows` rows to warm up on (medqlora's warm-up rows, then rows it never trains) and the rows medqlora's
+    packed case trains in its timed micro-batches, in its order (its sampler's batches for epoch 0, seed 0, as its
+    loader draws them), so a baseline times the very same rows."""
+    from medqlora.data.collate import PackingBatchSampler
+
+    sampler = PackingBatchSampler([len(r["input_ids"]) for r in rows], pack_tokens, 0, True, 0, 1, micro_batch)
+    plan = list(sampler)  # the plan's micro-batches, shuffled as the loader gets them
+    timed = [i for b in plan[WARMUP_BATCHES : WARMUP_BATCHES + TIMED_BATCHES] for i, _ in b]
+    warm = [i for b in plan[:WARMUP_BATCHES] for i, _ in b]
+    used = set(warm) | set(timed)
+    warm += [i for i in range(len(rows)) if i not in used]
+    return [rows[i] for i in warm[:warmup_rows]], [rows[i] for i in timed]
+
+
 def device_name(device: torch.device) -> str:
     """The GPU's name, or this machine's processor."""
     return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
@@ -144,6 +169,7 @@ def merge(args: argparse.Namespace) -> None:
         baselines = (  # (system, speedup key, memory key) for each plain baseline
             ("plain-recipe", "speedup_supervised_tokens_per_s", "memory_ratio_vs_plain"),
             ("plain-careful", "speedup_supervised_tokens_per_s_vs_careful", "memory_ratio_vs_careful"),
+            ("trl", "speedup_supervised_tokens_per_s_vs_trl", "memory_ratio_vs_trl"),
         )
         for system, speedup_key, memory_key in baselines:
             base = next((c for c in cases if c["rows"] == rows and c["system"] == system), None)
@@ -183,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--out", required=True, type=Path)
     b.add_argument("--reference", type=Path, default=Path(__file__).with_name("gemma4-e2b-config.json"))
     c = sub.add_parser("case")
-    c.add_argument("--system", choices=["plain-recipe", "plain-careful", "medqlora"], required=True)
+    c.add_argument("--system", choices=["plain-recipe", "plain-careful", "medqlora", "trl"], required=True)
     c.add_argument("--rows", choices=["full-2x2048", "real-lengths"], required=True)
     c.add_argument("--model", required=True)
     c.add_argument("--json", required=True)
@@ -197,7 +223,17 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--same-rows-as", type=int, default=1, help="one GPU only: train the batches N ranks share out")
     c.add_argument("--profile", action="store_true", help="medqlora only: print a profiler table")
     c.add_argument("--memory-report", default=None, help="medqlora only: JSON of who holds the peak")
-    c.add_argument("--attention", default="sdpa", help="medqlora only: sdpa or eager")
+    c.add_argument(
+        "--attention",
+        choices=["auto", "varlen", "sdpa", "eager"],
+        default=None,
+        help="medqlora only: lean.attention (default: the recipe's with --recipe-lean, else sdpa)",
+    )
+    c.add_argument(
+        "--recipe-lean",
+        action="store_true",
+        help="medqlora only: the speed switches of configs/gemma4-e2b-medical.yaml's model.lean (not the flags)",
+    )
     c.add_argument("--sdpa-math", action="store_true", help="SDPA's math backend only (no fused attention kernel)")
     c.add_argument("--strategy", choices=["single", "ddp", "fsdp"], default="single", help="medqlora only")
     c.add_argument("--devices", type=int, default=1, help="medqlora only: GPUs (one process each)")

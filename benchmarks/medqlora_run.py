@@ -15,6 +15,21 @@ CHECKS: dict = {}  # with --compile, --loss-grad-in-forward or --cuda-graph: tha
 PROFILE: dict = {}  # with --profile on a GPU: where the GPU waited during the profiled micro-batches (gpu_gaps.py)
 
 
+def lean_switches(args) -> dict:
+    """The case's speed switches: the recipe YAML's `model.lean` with --recipe-lean (--attention may override its
+    attention), else the flags (all off: eager layers, SDPA)."""
+    if args.recipe_lean:
+        keys = ("attention", "compile_layers", "loss_grad_in_forward", "cuda_graph")
+        switches = {k: RECIPE["model"]["lean"][k] for k in keys}
+        return {**switches, "attention": args.attention or switches["attention"]}
+    return {
+        "attention": args.attention or "sdpa",
+        "compile_layers": args.compile,
+        "loss_grad_in_forward": args.loss_grad_in_forward,
+        "cuda_graph": args.cuda_graph,
+    }
+
+
 def run_medqlora(
     model_path: str, rows: list[dict], device: torch.device, args: argparse.Namespace
 ) -> tuple[Clock, dict, int]:
@@ -93,15 +108,21 @@ def run_medqlora(
                 PackedRows(rows) if packed else rows,
                 batch_sampler=sampler,
                 collate_fn=Collator(
-                    packed=packed, pad_id=0, pack_tokens=args.pack_tokens, packed_rows=args.micro_batch
+                    packed=packed,
+                    pad_id=0,
+                    pack_tokens=args.pack_tokens,
+                    packed_rows=args.micro_batch,
+                    sample_slots=sampler.most_samples() if packed else None,
                 ),
             )
 
     memory = PeakMemory(every_n_steps=1)
     # before PeakMemory, which resets the peak at train start
+    switches = lean_switches(args)
+    new_path = switches["compile_layers"] or switches["loss_grad_in_forward"] or switches["cuda_graph"]
     first = (
-        [PathCheck(CHECKS, args.loss_grad_in_forward, WARMUP_BATCHES)]
-        if args.compile or args.loss_grad_in_forward or args.cuda_graph
+        [PathCheck(CHECKS, switches["loss_grad_in_forward"], WARMUP_BATCHES)]
+        if new_path or switches["attention"] in ("varlen", "auto")
         else []
     )
     extra = []
@@ -149,10 +170,7 @@ def run_medqlora(
             "ple_on_host": not args.ple_on_gpu,
             "ple_shared": not args.ple_private,
             "loss_chunk_size": args.loss_chunk,
-            "attention": args.attention,
-            "compile_layers": args.compile,
-            "loss_grad_in_forward": args.loss_grad_in_forward,
-            "cuda_graph": args.cuda_graph,
+            **switches,
         }
     )
     module = QLoRAModule(

@@ -1,7 +1,8 @@
 """A new training path against today's, on the benchmark's first batch, before timing (issue #16's correctness check).
 
-The case's path (compiled layers, the loss gradient in forward and/or the micro-batch's CUDA graph: captured on the
-batch after one eager pass, then replayed) and today's (eager layers, recomputing loss, no graph)
+The case's path (compiled layers, the loss gradient in forward, per-sample attention and/or the micro-batch's CUDA
+graph: captured on the batch after one eager pass, then replayed) and today's (eager layers, recomputing loss, SDPA
+over the packed rows' masks, no graph)
 each run the first batch forward and backward with the same seed; the JSON gets their loss and LoRA-gradient
 differences next to two floors measured on today's path alone:
 - rounding floor: the loss scaled by 1 + 2^-10 before backward and the gradients scaled back, which changes only how
@@ -84,7 +85,10 @@ class PathCheck(Callback):
             torch.manual_seed(0)
             model.zero_grad(set_to_none=True)
             grad_in_forward = self.loss_grad_in_forward and not today
-            pl_module.plan = dataclasses.replace(plan, loss="chunked_grad_in_forward" if grad_in_forward else "chunked")
+            loss = "chunked_grad_in_forward" if grad_in_forward else "chunked"
+            # today's attention: SDPA over the block-diagonal masks (the varlen function without bounds is SDPA)
+            evaluate = dataclasses.replace(plan.evaluate, sample_bounds=False) if today else plan.evaluate
+            pl_module.plan = dataclasses.replace(plan, loss=loss, evaluate=evaluate)
             embed = model.get_input_embeddings()
             hook = embed.register_forward_hook(nudged) if nudge else None
             graphed = not today and plan.cuda_graph and torch.cuda.is_available()  # backward inside the graph

@@ -19,7 +19,8 @@ def main(result: str, out: str) -> None:
     data = json.loads(Path(result).read_text())
     cases = sorted(data["cases"], key=lambda c: (c["rows"], c["system"], c.get("label", "")))
     names = [f"{c.get('label', c['system'])}\n{c['rows']}" for c in cases]
-    colors = ["#999999" if c["system"] == "plain-recipe" else "#2a7ab9" for c in cases]
+    palette = {"plain-recipe": "#999999", "plain-careful": "#999999", "trl": "#d98c1f"}
+    colors = [palette.get(c["system"], "#2a7ab9") for c in cases]
     fig, (speed, memory) = plt.subplots(1, 2, figsize=(12, 4.5))
     speed.bar(names, [c["supervised_tokens_per_s"] for c in cases], color=colors)
     speed.set_ylabel("supervised tokens / s")

@@ -35,6 +35,13 @@ def test_packed_loader_yields_fixed_shape_batches(built):
     assert samples == len(built.train_set)  # every training row, exactly once per epoch
 
 
+def test_training_and_validation_batches_have_one_shape_of_sample_bounds(built):
+    """Every packed batch's sample bounds have the plans' most samples as slots, so compiled layers and the CUDA
+    graph see one shape from the first training batch to the last validation one."""
+    shapes = {tuple(b["cu_seq_lens"].shape) for b in [*built.train_dataloader(), *built.val_dataloader()]}
+    assert shapes == {(built.sample_slots() + 1,)}
+
+
 def test_padded_loader(tiny_dir):
     dm = MedicalMixDataModule(max_length=256, micro_batch_size=4, packing=False, group_by_length=True, seed=5)
     dm.prepare_data()

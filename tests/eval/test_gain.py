@@ -44,7 +44,9 @@ def trained(tmp_path_factory, tokenizer) -> tuple[Path, BenchmarkSpec, MedQAAccu
         rows.append({"input_ids": encoded.input_ids, "labels": encoded.labels})
     held_out_rows = write_jsonl(tmp / "test.jsonl", medqa_rows(40, 2))
     torch.manual_seed(0)
-    module = QLoRAModule("tiny", lora=LoraSpec(dropout=0.0), lr=5e-3, gradient_checkpointing=False)
+    # 3e-3: at 5e-3 the 30 constant-lr steps overshoot where the CPU's kernels round differently (AVX-512 ones: the
+    # held-out accuracy climbed to 92% at step 20 and fell back to chance at 30); 3e-3 climbs on AVX2 and AVX-512
+    module = QLoRAModule("tiny", lora=LoraSpec(dropout=0.0), lr=3e-3, gradient_checkpointing=False)
     loader = DataLoader(
         rows,
         batch_size=16,

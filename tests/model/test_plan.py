@@ -19,8 +19,14 @@ FSDP = dataclasses.replace(GPU, world_size=2, strategy="QLoRAFSDPStrategy", fsdp
 # one case per row of CONFLICTS, in its order: (switches, run or None for the config alone, what the message says)
 CASES = [
     ({"cuda_graph": True, "chunked_loss": False, "loss_grad_in_forward": False}, None, "chunked_loss=true"),
-    ({"cuda_graph": True, "attention": "eager"}, None, "attention=sdpa, not 'eager'"),
-    ({"compile_layers": True, "attention": "eager", "cuda_graph": False}, None, "attention=sdpa, not 'eager'"),
+    ({"cuda_graph": True, "attention": "eager"}, None, "attention varlen or sdpa, not 'eager'"),
+    (
+        {"compile_layers": True, "attention": "eager", "cuda_graph": False},
+        None,
+        "attention varlen or sdpa, not 'eager'",
+    ),
+    ({"attention": "varlen", "cuda_graph": False}, dataclasses.replace(GPU, packing=False), "data.packing=false"),
+    ({"attention": "varlen"}, dataclasses.replace(GPU, compute_dtype="float32"), "compute_dtype='float32'"),
     ({"chunked_loss": False}, None, "loss_grad_in_forward=true needs model.lean.chunked_loss=true"),
     ({"cuda_graph": True}, DDP, "this run has 2 under trainer.strategy DDPStrategy"),
     ({"cuda_graph": True}, dataclasses.replace(GPU, loss_scaler=True), "trainer.precision bf16-mixed"),
@@ -59,6 +65,14 @@ def test_auto_is_the_recipe_on_one_gpu_and_what_can_run_elsewhere():
     assert not plan_step(lean, dataclasses.replace(GPU, loss_scaler=True)).cuda_graph
     cpu = plan_step(lean, RunFacts())
     assert (cpu.compile_layers, cpu.cuda_graph, cpu.backward_in_step) == (False, False, True)
+    assert plan_step(lean, GPU).attention == plan_step(lean, DDP).attention == "varlen"
+    for elsewhere in (
+        RunFacts(),
+        dataclasses.replace(GPU, packing=False),
+        dataclasses.replace(GPU, compute_dtype="float32"),
+    ):
+        assert plan_step(lean, elsewhere).attention == "sdpa"  # no kernel, no samples, or fp32 (flash has none)
+    assert plan_step(LeanSpec(attention="varlen"), RunFacts()).attention == "varlen"  # per sample on a CPU
     assert not plan_step(lean, DDP).backward_in_step  # DDP's gradient hooks need Lightning's backward
 
 
@@ -68,14 +82,17 @@ def test_the_defaults_are_the_recipe_yamls_switches():
     defaults = dataclasses.asdict(LeanSpec())
     plan = plan_step(LeanSpec(), GPU)
     resolved = {**defaults, "compile_layers": plan.compile_layers, "cuda_graph": plan.cuda_graph}
+    resolved["attention"] = plan.attention
     assert {k: resolved[k] for k in recipe} == recipe
 
 
 def test_the_plan_fixes_the_forms_and_the_loss():
     graphed = plan_step(LeanSpec(), GPU)
-    assert graphed.train == Form(own_masks=True, fixed_shape=True) and graphed.evaluate == Form(own_masks=True)
+    assert graphed.train == Form(sample_bounds=True, fixed_shape=True) and graphed.evaluate == Form(sample_bounds=True)
     assert graphed.loss == "chunked_grad_in_forward"
+    masked = plan_step(LeanSpec(attention="sdpa"), GPU)
+    assert masked.train == Form(own_masks=True, fixed_shape=True) and masked.evaluate == Form(own_masks=True)
     eager = plan_step(LeanSpec(compile_layers=False, cuda_graph=False, loss_grad_in_forward=False), GPU)
-    assert eager.train == eager.evaluate == Form() and eager.loss == "chunked"
+    assert eager.train == eager.evaluate == Form(sample_bounds=True) and eager.loss == "chunked"
     plain = plan_step(LeanSpec(chunked_loss=False, loss_grad_in_forward=False), GPU)
     assert plain.loss == "full_logits" and not plain.cuda_graph

@@ -130,6 +130,10 @@ class PackingBatchSampler(_EpochBatchSampler):
             [(i, slot) for slot, pack in enumerate(packs[s : s + k]) for i in pack] for s in range(0, len(packs), k)
         ]
 
+    def most_samples(self) -> int:
+        """The most samples a micro-batch of this epoch's plan holds, each packed row's filler segment counted."""
+        return max((len(batch) for batch in self.plan()), default=0) + self.rows_per_batch
+
 
 class PackedRows(Dataset):
     """A split addressed by (row index, slot) pairs, so the collator knows which packed row each row joins."""
@@ -162,6 +166,17 @@ def _row_ids(rows: list[dict]) -> dict[str, list[str]]:
     return {"row_ids": [r["row_id"] for r in rows]} if rows and "row_id" in rows[0] else {}
 
 
+def sample_starts(rows_lengths: list[list[int]], slots: int | None) -> torch.Tensor:
+    """Cumulative starts (int32) of the samples of packed rows flattened row after row, from each row's sample
+    lengths (`cu_seq_lens`, what variable-length attention reads), padded with empty samples to `slots`."""
+    starts, total = [], 0
+    for lengths in rows_lengths:
+        for n in lengths:
+            starts.append(total)
+            total += n
+    return torch.tensor(starts + [total] * (max(slots or 0, len(starts)) + 1 - len(starts)), dtype=torch.int32)
+
+
 def _packed_row(rows: list[dict], width: int | None, pad_id: int) -> tuple[torch.Tensor, ...]:
     ids = [t for r in rows for t in r["input_ids"]]
     labels = [t for r in rows for t in r["labels"]]
@@ -170,17 +185,22 @@ def _packed_row(rows: list[dict], width: int | None, pad_id: int) -> tuple[torch
     ids, labels, positions = ids + [pad_id] * filler, labels + [IGNORE_INDEX] * filler, positions + list(range(filler))
     ids_t, labels_t, pos_t = (torch.tensor(x, dtype=torch.long) for x in (ids, labels, positions))
     labels_t[pos_t == 0] = IGNORE_INDEX  # a sample's first token is never predicted from the previous one
-    return ids_t, pos_t, labels_t
+    return ids_t, pos_t, labels_t, [len(r["input_ids"]) for r in rows] + ([filler] if filler else [])
 
 
 def pack_collate(
-    rows: list[dict], width: int | None = None, pad_id: int = 0, packed_rows: int | None = None
+    rows: list[dict],
+    width: int | None = None,
+    pad_id: int = 0,
+    packed_rows: int | None = None,
+    sample_slots: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Concatenate rows into packed rows (one per `slot`, default all in one); position ids restart at 0
     for every sample. With `width`, each packed row is filled to exactly `width` tokens by a separate
     filler segment, and with `packed_rows` a micro-batch with fewer packs (an epoch's last) gets rows of filler
     alone, so every micro-batch has one shape: compiled layers then never recompile (a new batch size costs
-    ~50 s of compilation on E2B) and attention kernels keep their plans."""
+    ~50 s of compilation on E2B) and attention kernels keep their plans. `cu_seq_lens` has `sample_slots` samples
+    (unused ones empty) for the same reason."""
     slots: dict[int, list[dict]] = {}
     for r in rows:
         slots.setdefault(r.get("slot", 0), []).append(r)
@@ -189,19 +209,29 @@ def pack_collate(
         raise ValueError("several packed rows need a width to stack them; pass width=pack_tokens")
     if width is not None and packed_rows is not None:
         packed += [_packed_row([], width, pad_id) for _ in range(packed_rows - len(packed))]
-    ids, positions, labels = (torch.stack(parts) for parts in zip(*packed))
-    return {"input_ids": ids, "position_ids": positions, "labels": labels, **_row_ids(rows)}
+    ids, positions, labels = (torch.stack(parts) for parts in list(zip(*packed))[:3])
+    bounds = sample_starts([lengths for *_, lengths in packed], sample_slots)
+    return {"input_ids": ids, "position_ids": positions, "labels": labels, "cu_seq_lens": bounds, **_row_ids(rows)}
 
 
 class Collator:
-    """Picklable collate function for DataLoader workers: padded, or `packed_rows` packed rows of `pack_tokens`."""
+    """Picklable collate function for DataLoader workers: padded, or `packed_rows` packed rows of `pack_tokens`
+    holding `sample_slots` samples (`PackingBatchSampler.most_samples`)."""
 
-    def __init__(self, packed: bool, pad_id: int, pack_tokens: int | None = None, packed_rows: int | None = None):
+    def __init__(
+        self,
+        packed: bool,
+        pad_id: int,
+        pack_tokens: int | None = None,
+        packed_rows: int | None = None,
+        sample_slots: int | None = None,
+    ):
         self.packed, self.pad_id, self.pack_tokens, self.packed_rows = packed, pad_id, pack_tokens, packed_rows
+        self.sample_slots = sample_slots
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         if self.packed:
-            return pack_collate(rows, self.pack_tokens, self.pad_id, self.packed_rows)
+            return pack_collate(rows, self.pack_tokens, self.pad_id, self.packed_rows, self.sample_slots)
         return pad_collate(rows, self.pad_id)
 
 

@@ -121,6 +121,7 @@ class MedicalMixDataModule(L.LightningDataModule):
         self.sources = sources if sources is not None else sample_sources()
         self.tokenizer_name, self.max_length, self.micro_batch_size = tokenizer, max_length, micro_batch_size
         self.packing, self.pack_tokens = packing, pack_tokens or max_length
+        self._sample_slots: int | None = None  # sample_slots(), once the splits exist
         self.group_by_length, self.reasoning, self.system_prompt = group_by_length, reasoning, system_prompt
         self.truncation, self.sample_policy, self.val_fraction = truncation, sample_policy, val_fraction
         if decontaminate == "benchmarks":
@@ -213,15 +214,31 @@ class MedicalMixDataModule(L.LightningDataModule):
 
     def _loader(self, data: Dataset, shuffle: bool, cls: type[DataLoader] = DataLoader, **extra) -> DataLoader:
         rows = data.select_columns(["row_id", "input_ids", "labels"])
+        sampler = self.batch_sampler(data, shuffle)
         return cls(
             PackedRows(rows) if self.packing else rows,
-            batch_sampler=self.batch_sampler(data, shuffle),
-            collate_fn=Collator(self.packing, self.tokenizer.pad_token_id, self.pack_tokens, self.micro_batch_size),
+            batch_sampler=sampler,
+            collate_fn=Collator(
+                self.packing, self.tokenizer.pad_token_id, self.pack_tokens, self.micro_batch_size, self.sample_slots()
+            ),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             generator=torch.Generator().manual_seed(self.seed),  # leaves the global RNG alone
             **extra,
         )
+
+    def sample_slots(self) -> int | None:
+        """With packing, the most samples any micro-batch of this epoch's training or validation plan holds: every
+        batch's sample bounds get that many slots, so training and validation keep one shape (compiled layers and
+        the CUDA graph compile and capture once; model/attention.py)."""
+        if not self.packing:
+            return None
+        if self._sample_slots is None:  # packing a split's plan takes a second or two on the mix: once
+            splits = ((self.train_set, True), (self.val_set, False))  # as their loaders draw them
+            self._sample_slots = max(
+                self.batch_sampler(data, shuffle).most_samples() for data, shuffle in splits if data is not None
+            )
+        return self._sample_slots
 
     def _batches_done(self) -> int:
         # processed (not completed): a checkpoint written in on_train_batch_end has trained that batch

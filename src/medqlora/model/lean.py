@@ -25,8 +25,11 @@ class LeanSpec:
         text_only: do not load the vision and audio towers (text training never runs them).
         upcast_frozen: run `peft.prepare_model_for_kbit_training`, which upcasts every frozen non-4-bit
             weight to fp32 (~11 GB on E2B). Off by default; on reproduces the plain recipe.
-        attention: transformers' attention implementation, `sdpa` or `eager` (slow; for debugging); packed
-            rows get their block-diagonal mask from the position ids either way.
+        attention: `varlen`: each packed sample attends within itself through variable-length kernels that skip
+            what the block-diagonal mask hides (model/attention.py: FlashAttention-2 on the sliding-window layers,
+            the memory-efficient kernel on the head_dim-512 full ones; per sample through SDPA on a CPU). `sdpa` and
+            `eager` are transformers' (eager is slow; for debugging), over the packed rows' block-diagonal masks.
+            `auto` (default): varlen on a GPU with packed bf16/fp16 rows, else sdpa.
         loss_grad_in_forward: compute each loss chunk's gradient while its logits exist instead of recomputing
             them in backward (saves a third of the LM head's work and 0.1 GiB at 2 x 2048; model/loss.py). The LM
             head is frozen in every LoRA setup medqlora builds (it is the tied token embedding).
@@ -37,8 +40,8 @@ class LeanSpec:
         cuda_graph: capture a training micro-batch's forward and backward as one CUDA graph and replay it for every
             micro-batch of that shape (model/step.py): the host no longer paces the GPU (with the two switches
             above, 2.39x eager layers at 2 x 2048 on an H100, +0.09 GiB). `auto` (default): on wherever it can
-            capture (one GPU, bf16 or fp32, packed rows, chunked loss, sdpa); `true` elsewhere is refused, or on a CPU
-            runs the graph's step uncaptured. model/plan.py lists what goes with what.
+            capture (one GPU, bf16 or fp32, packed rows, chunked loss, attention not eager); `true` elsewhere is
+            refused, or on a CPU runs the graph's step uncaptured. model/plan.py lists what goes with what.
     """
 
     chunked_loss: bool = True
@@ -47,7 +50,7 @@ class LeanSpec:
     ple_shared: bool = True
     text_only: bool = True
     upcast_frozen: bool = False
-    attention: Literal["sdpa", "eager"] = "sdpa"
+    attention: Literal["auto", "varlen", "sdpa", "eager"] = "auto"
     loss_grad_in_forward: bool = True
     compile_layers: bool | Literal["auto"] = "auto"
     cuda_graph: bool | Literal["auto"] = "auto"
@@ -55,9 +58,9 @@ class LeanSpec:
     def __post_init__(self) -> None:
         if self.loss_chunk_size < 1:
             raise ValueError(f"model.lean.loss_chunk_size={self.loss_chunk_size} must be >= 1 (default 256)")
-        if self.attention not in ("sdpa", "eager"):
+        if self.attention not in ("auto", "varlen", "sdpa", "eager"):
             raise ValueError(
-                f"model.lean.attention={self.attention!r}: use sdpa (default) or eager (flex_attention "
+                f"model.lean.attention={self.attention!r}: use auto (default), varlen, sdpa or eager (flex_attention "
                 "does not compile for E2B's head_dim 512 on an H100: docs/benchmarks.md)"
             )
         for name in ("compile_layers", "cuda_graph"):

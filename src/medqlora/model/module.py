@@ -17,6 +17,8 @@ from torchmetrics import MeanMetric
 from medqlora import compat
 from medqlora.data.chat import IGNORE_INDEX
 from medqlora.hub import load_config
+from medqlora.model.attention import register as register_varlen
+from medqlora.model.attention import sample_bounds
 from medqlora.model.compile import compile_decoder_layers, missing_compiler
 from medqlora.model.distributed import clean_name, is_fsdp
 from medqlora.model.host_embedding import HostEmbedding, share_across_local_ranks
@@ -113,8 +115,10 @@ class QLoRAModule(L.LightningModule):
             device,
             text_only=self.lean.text_only,
             ple_on_host=self.lean.ple_on_host,
-            attention=self.lean.attention,
+            attention="eager" if self.plan.attention == "eager" else "sdpa",
         )
+        if self.plan.attention == "varlen":  # the language model only: the towers keep theirs
+            text_model(base).set_attn_implementation(register_varlen())
         base.config.use_cache = False
         gc_kwargs = {"use_reentrant": False}
         if self.lean.upcast_frozen:
@@ -157,9 +161,14 @@ class QLoRAModule(L.LightningModule):
         return module if isinstance(module, HostEmbedding) else None
 
     def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        """On the host, before the batch moves: drop a right-padding mask (`drop_right_padding_mask`) and gather
-        the batch's PLE rows so they travel to the GPU with the batch."""
+        """On the host, before the batch moves: drop a right-padding mask (`drop_right_padding_mask`), find packed
+        samples' bounds where the collator did not (`attention.sample_bounds`), and gather the batch's PLE rows, so
+        they travel to the GPU with the batch."""
         batch = drop_right_padding_mask(batch)
+        if self.plan is None or not self.plan.train.sample_bounds:  # masked attention: the graph keys on rows alone
+            batch = {k: v for k, v in batch.items() if k != "cu_seq_lens"}
+        elif "position_ids" in batch and "cu_seq_lens" not in batch:
+            batch = {**batch, "cu_seq_lens": sample_bounds(batch["position_ids"])}
         rows = None if self.model is None else ple_rows_for(self.model, batch["input_ids"], batch["input_ids"].device)
         return batch if rows is None else {**batch, "ple_rows": rows}
 
@@ -169,13 +178,20 @@ class QLoRAModule(L.LightningModule):
 
         The text model gets its embeddings and per-layer inputs from `parts.embedded_inputs` (the batch's PLE rows,
         when the table is in host memory). With `form.own_masks` the attention masks come from the position ids,
-        on the device (model/masks.py); with `form.fixed_shape` the loss covers every position, unsupervised ones
+        on the device (model/masks.py); with `form.sample_bounds` attention gets the packed samples' bounds
+        instead (model/attention.py); with `form.fixed_shape` the loss covers every position, unsupervised ones
         weighing zero, so nothing the host decides depends on GPU values (a CUDA graph can capture it; preds and
         targets then cover every position, targets -100 where unsupervised)."""
         form = form or self.plan.evaluate
         inputs = {k: batch[k] for k in ("attention_mask", "position_ids") if k in batch}
         inputs.update(embedded_inputs(self.model, batch["input_ids"], batch.get("ple_rows")))
-        if form.own_masks and "attention_mask" not in inputs:
+        if form.sample_bounds and "position_ids" in inputs:
+            bounds = batch.get("cu_seq_lens")
+            if bounds is None:  # a batch that skipped Lightning's transfer hook (a notebook, a test)
+                bounds = sample_bounds(inputs["position_ids"].cpu()).to(inputs["position_ids"].device)
+            inputs["cu_seq_lens_q"] = bounds
+            inputs["attention_mask"] = dict.fromkeys(("full_attention", "sliding_attention"))
+        elif form.own_masks and "attention_mask" not in inputs:
             position_ids = inputs.get("position_ids")
             if position_ids is None:
                 ids = batch["input_ids"]

@@ -30,7 +30,7 @@ class RunFacts:
         packing: the data module packs samples into fixed-shape rows (None: not a medqlora data module).
         missing_compiler: the compiler `torch.compile` needs on this device when none is on PATH, else None.
         quant_storage: the dtype the 4-bit base is stored in (None: not 4-bit).
-        compute_dtype: the 4-bit base's compute dtype.
+        compute_dtype: the base's compute dtype.
     """
 
     device_type: str = "cpu"
@@ -92,17 +92,35 @@ CONFLICTS: list[Conflict] = [
         lambda lean, run: _on(lean.cuda_graph) and not lean.chunked_loss,
     ),
     Conflict(
-        "model.lean.cuda_graph=true needs model.lean.attention=sdpa, not {attention!r}",
-        "the graph's masks are SDPA's boolean masks",
-        "set attention to sdpa or cuda_graph to false",
-        lambda lean, run: _on(lean.cuda_graph) and lean.attention != "sdpa",
+        "model.lean.cuda_graph=true needs model.lean.attention varlen or sdpa, not {attention!r}",
+        "eager attention takes the masks transformers decides per batch on the host",
+        "set attention to varlen, sdpa or auto, or cuda_graph to false",
+        lambda lean, run: _on(lean.cuda_graph) and lean.attention == "eager",
     ),
     Conflict(
-        "model.lean.compile_layers=true needs model.lean.attention=sdpa, not {attention!r}",
+        "model.lean.compile_layers=true needs model.lean.attention varlen or sdpa, not {attention!r}",
         "eager attention takes the masks transformers decides per batch, so each layer variant would compile again "
         "mid-epoch",
-        "set attention to sdpa or compile_layers to false",
-        lambda lean, run: _on(lean.compile_layers) and lean.attention != "sdpa",
+        "set attention to varlen, sdpa or auto, or compile_layers to false",
+        lambda lean, run: _on(lean.compile_layers) and lean.attention == "eager",
+    ),
+    Conflict(
+        "model.lean.attention=varlen with data.packing=false",
+        "its samples are the packed rows' (from their position ids); padded rows would run SDPA inside compiled "
+        "layers built for varlen",
+        "set data.packing to true (the recipe's) or attention to sdpa or auto",
+        lambda lean, run: lean.attention == "varlen" and run is not None and run.packing is False,
+    ),
+    Conflict(
+        "model.lean.attention=varlen on {device_type} with model.quantization.compute_dtype={compute_dtype!r}",
+        "FlashAttention-2, which the sliding-window layers run, takes bfloat16 or float16 only",
+        "use compute_dtype bfloat16 (the recipe's) or attention sdpa or auto",
+        lambda lean, run: (
+            lean.attention == "varlen"
+            and run is not None
+            and run.device_type == "cuda"
+            and run.compute_dtype not in ("bfloat16", "float16")
+        ),
     ),
     Conflict(
         "model.lean.loss_grad_in_forward=true needs model.lean.chunked_loss=true",
@@ -160,11 +178,12 @@ def resolve_compile(lean: LeanSpec, run: RunFacts) -> bool:
     """`compile_layers`, with `auto` on wherever it pays and runs: a GPU, not FSDP."""
     if lean.compile_layers != "auto":
         return bool(lean.compile_layers)
-    return run.device_type == "cuda" and not run.fsdp and lean.attention == "sdpa"
+    return run.device_type == "cuda" and not run.fsdp and lean.attention != "eager"
 
 
 def resolve_graph(lean: LeanSpec, run: RunFacts) -> bool:
-    """`cuda_graph`, with `auto` on wherever it can capture: one GPU, no loss scaler, packed rows, chunked loss, sdpa.
+    """`cuda_graph`, with `auto` on wherever it can capture: one GPU, no loss scaler, packed rows, chunked loss, and
+    attention other than eager.
     `true` on a CPU keeps the graph's step (fixed-shape loss) but runs it uncaptured."""
     if lean.cuda_graph != "auto":
         return bool(lean.cuda_graph)
@@ -174,8 +193,16 @@ def resolve_graph(lean: LeanSpec, run: RunFacts) -> bool:
         and single
         and run.packing is not False
         and lean.chunked_loss
-        and (lean.attention == "sdpa")
+        and lean.attention != "eager"
     )
+
+
+def resolve_attention(lean: LeanSpec, run: RunFacts) -> str:
+    """`attention`, with `auto` varlen wherever its kernels train (a GPU, packed rows, bf16 or fp16), else sdpa."""
+    if lean.attention != "auto":
+        return lean.attention
+    kernels = run.device_type == "cuda" and run.compute_dtype in ("bfloat16", "float16")
+    return "varlen" if kernels and run.packing is not False else "sdpa"
 
 
 @dataclass(frozen=True)
@@ -184,10 +211,12 @@ class Form:
 
     Args:
         own_masks: attention masks built from the position ids on the device (model/masks.py), not by transformers.
+        sample_bounds: no masks; attention gets the packed samples' bounds instead (model/attention.py).
         fixed_shape: the loss covers every position (unsupervised ones weigh zero): nothing depends on GPU values.
     """
 
     own_masks: bool = False
+    sample_bounds: bool = False
     fixed_shape: bool = False
 
 
@@ -196,6 +225,7 @@ class StepPlan:
     """Everything the step would otherwise decide per call, fixed once at set-up.
 
     Args:
+        attention: `varlen`, `sdpa` or `eager` (model/attention.py; the latter two are transformers').
         compile_layers: decoder layers run compiled (model/compile.py).
         cuda_graph: training micro-batches are captured and replayed (model/step.py).
         loss: `full_logits` (the plain path), `chunked`, or `chunked_grad_in_forward` (model/loss.py).
@@ -205,6 +235,7 @@ class StepPlan:
         evaluate: the form of a validation, test or predict forward.
     """
 
+    attention: Literal["varlen", "sdpa", "eager"] = "sdpa"
     compile_layers: bool = False
     cuda_graph: bool = False
     loss: Literal["full_logits", "chunked", "chunked_grad_in_forward"] = "chunked"
@@ -217,7 +248,8 @@ def plan_step(lean: LeanSpec, run: RunFacts) -> StepPlan:
     """Check `lean` against `run` (ValueError naming both settings and the fix) and derive the step plan."""
     check_switches(lean, run)
     compiled, graphed = resolve_compile(lean, run), resolve_graph(lean, run)
-    sdpa = lean.attention == "sdpa"
+    attention = resolve_attention(lean, run)
+    sdpa, varlen = attention == "sdpa", attention == "varlen"
     if not lean.chunked_loss:
         loss = "full_logits"
     else:
@@ -225,10 +257,11 @@ def plan_step(lean: LeanSpec, run: RunFacts) -> StepPlan:
     # compiled layers always get tensor masks: transformers' choice between a mask and SDPA's is_causal would compile
     # each layer variant twice; the graph needs masks and a loss that read no GPU value on the host
     return StepPlan(
+        attention=attention,
         compile_layers=compiled,
         cuda_graph=graphed,
         loss=loss,
         backward_in_step=run.world_size == 1 and not run.fsdp,
-        train=Form(own_masks=(compiled or graphed) and sdpa, fixed_shape=graphed),
-        evaluate=Form(own_masks=compiled and sdpa),
+        train=Form(own_masks=(compiled or graphed) and sdpa, sample_bounds=varlen, fixed_shape=graphed),
+        evaluate=Form(own_masks=compiled and sdpa, sample_bounds=varlen),
     )

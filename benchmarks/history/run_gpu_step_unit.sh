@@ -2,11 +2,11 @@
 # Issue #27 item 5 on one GPU: the recipe's default step before and after the step-unit refactor, in one run, on the
 # same random E2B checkpoint, alternating so drift shows as noise; then the real CUDA graph against no graph.
 #   git archive <before-commit> src benchmarks configs | tar -x -C .before      # the tree to compare with
-#   PART=1 bash benchmarks/run_gpu_step_unit.sh; PART=2 bash benchmarks/run_gpu_step_unit.sh   (carry .gpu-site .before)
-#   PART=pairs bash benchmarks/run_gpu_step_unit.sh     # before, after, after, before in one call (~8 minutes)
+#   PART=1 bash benchmarks/history/run_gpu_step_unit.sh; PART=2 bash benchmarks/history/run_gpu_step_unit.sh   (carry .gpu-site .before)
+#   PART=pairs bash benchmarks/history/run_gpu_step_unit.sh     # before, after, after, before in one call (~8 minutes)
 # Cases land in $CASES; each part merges what exists into $OUT/step-unit.json.
 set -u
-source "$(dirname "$0")/gpu_env.sh"
+source "$(dirname "$0")/../gpu_env.sh"
 ROOT=$PWD
 TIMED=${BENCH_TIMED:-24}
 case_() {  # case_ <before|after> <label>
@@ -30,6 +30,6 @@ else
   timeout 150 python3 benchmarks/check_graph_training.py "$OUT/graph-training.json" 2>&1 | grep -v "it/s\]$" | tail -n 3
 fi
 python3 benchmarks/bench_train.py merge "$CASES"/*.json --out "$OUT/step-unit.json" \
-  --command "PART=${PART:-1} bash benchmarks/run_gpu_step_unit.sh" 2>&1 | tail -n 2
+  --command "PART=${PART:-1} bash benchmarks/history/run_gpu_step_unit.sh" 2>&1 | tail -n 2
 cp "$CASES"/*.json "$OUT"/ 2>/dev/null
 echo "== done at ${SECONDS}s"

@@ -1,21 +1,21 @@
 #!/usr/bin/env bash
 # Lean and fast on one GPU (issue #16): every case one after another on one idle GPU (nvidia-h100-x1), in two
 # device calls on the same warm machine (the checkpoint and inductor's cache stay in /tmp between them):
-#   PART=a bash benchmarks/run_gpu_fast.sh   # the ratio cases: plain-careful, eager and compiled 2 x 2048
-#   PART=b bash benchmarks/run_gpu_fast.sh   # compiled 8 x 2048 under a 12 GiB cap, the new paths against today's
+#   PART=a bash benchmarks/history/run_gpu_fast.sh   # the ratio cases: plain-careful, eager and compiled 2 x 2048
+#   PART=b bash benchmarks/history/run_gpu_fast.sh   # compiled 8 x 2048 under a 12 GiB cap, the new paths against today's
 #                                            # in fp32, and who holds the peak of compiled 2 x 2048
-#   PART=c bash benchmarks/run_gpu_fast.sh   # run 23: the optimizer step alone, then compiled 2 x 2304 at
+#   PART=c bash benchmarks/history/run_gpu_fast.sh   # run 23: the optimizer step alone, then compiled 2 x 2304 at
 #                                            # accumulation 7, compiled and eager 2 x 2048 (16 timed steps each,
 #                                            # so every case times whole accumulation windows)
-#   PART=d bash benchmarks/run_gpu_fast.sh   # run 24, the table: the recipe's default (compiled) and eager 2 x 2048
+#   PART=d bash benchmarks/history/run_gpu_fast.sh   # run 24, the table: the recipe's default (compiled) and eager 2 x 2048
 #                                            # over 48 micro-batches (6 optimizer steps), plain-careful over 24
-#   PART=e bash benchmarks/run_gpu_fast.sh   # run 25: where the compiled 2 x 2048 step leaves the GPU idle
+#   PART=e bash benchmarks/history/run_gpu_fast.sh   # run 25: where the compiled 2 x 2048 step leaves the GPU idle
 #                                            # (profiler trace, gpu_gaps.py), and compiled 8 x 2048 under 12 GiB
-#   PART=f bash benchmarks/run_gpu_fast.sh   # run 29: the micro-batch CUDA graph against run 24's default, 2 x 2048
-#   PART=g bash benchmarks/run_gpu_fast.sh   # run 30, the table: the CUDA-graphed default, eager and plain-careful
-#   PART=h bash benchmarks/run_gpu_fast.sh   # run 31: the graph against today in fp32, graphed 8 x 2048 under
+#   PART=f bash benchmarks/history/run_gpu_fast.sh   # run 29: the micro-batch CUDA graph against run 24's default, 2 x 2048
+#   PART=g bash benchmarks/history/run_gpu_fast.sh   # run 30, the table: the CUDA-graphed default, eager and plain-careful
+#   PART=h bash benchmarks/history/run_gpu_fast.sh   # run 31: the graph against today in fp32, graphed 8 x 2048 under
 #                                            # 12 GiB and 4 x 2048 under 6 GiB (both ran out of memory)
-#   PART=i bash benchmarks/run_gpu_fast.sh   # run 32: graphed 8 x 2048 (expandable segments) and 4 x 2048 under
+#   PART=i bash benchmarks/history/run_gpu_fast.sh   # run 32: graphed 8 x 2048 (expandable segments) and 4 x 2048 under
 #                                            # 12 GiB, and the graphed step under the profiler
 # ONLY="name ..." runs just the named cases of a part (all of part b takes two calls of 560 s).
 # then merge both parts' case files here (bench_train.py merge). Cases run alone: a compilation beside a CPU-bound
@@ -23,7 +23,7 @@
 # Cases with a new path first check loss and LoRA gradients against today's path on their first batch (JSON:
 # vs_today, with the graph counts before and after the timed steps). Every case reports MFU.
 set -u
-source "$(dirname "$0")/gpu_env.sh"
+source "$(dirname "$0")/../gpu_env.sh"
 CASES=$OUT/cases LOGS=/tmp/bench-logs; mkdir -p "$CASES" "$LOGS"  # cases under $OUT: a call cut off still returns them
 export BENCH_TIMED=${BENCH_TIMED:-12} TORCHINDUCTOR_COMPILE_THREADS=${TORCHINDUCTOR_COMPILE_THREADS:-16}
 export TORCH_LOGS=${TORCH_LOGS:-recompiles}  # a recompile inside the timed steps shows in the log

@@ -1,0 +1,94 @@
+"""model/attention.py: per-sample (varlen) attention gives today's masked-SDPA loss and LoRA gradients on packed rows,
+its sample bounds agree with the collator's, and without bounds it is transformers' SDPA.
+
+On a CPU the varlen path runs each sample through SDPA; the GPU kernels (FlashAttention-2 and the memory-efficient
+kernel) are checked against today's path in the benchmark's pre-timing check (docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import encoded_rows, loss_and_grads, packed_batch, perturbed_module
+from test_loss import _assert_grads_close
+from torch.utils.data import DataLoader
+
+from medqlora.data.collate import Collator, PackedRows, PackingBatchSampler, pack_collate
+from medqlora.model import attention
+from medqlora.model.attention import VARLEN, sample_bounds, varlen_attention
+from medqlora.model.lean import LeanSpec
+from medqlora.model.masks import packed_attention_masks
+
+
+def test_sample_bounds_from_positions_equal_the_collators_with_empty_slots(tokenizer):
+    rows = [{**r, "slot": i % 2} for i, r in enumerate(encoded_rows(tokenizer))]
+    width = max(sum(len(r["input_ids"]) for r in rows if r["slot"] == s) for s in (0, 1)) + 3
+    batch = pack_collate(rows, width=width, packed_rows=3, sample_slots=12)
+    bounds = batch["cu_seq_lens"]
+    assert bounds.dtype == torch.int32 and bounds.shape == (13,)
+    assert torch.equal(bounds, sample_bounds(batch["position_ids"], 12))
+    samples = len(rows) + 3  # each row's filler segment, and the third row of filler alone
+    assert bounds[samples:].eq(3 * width).all() and bounds[:samples].diff().gt(0).all()
+    assert pack_collate(rows, width=width, packed_rows=3, sample_slots=2)["cu_seq_lens"].shape == (samples + 1,)
+
+
+def test_every_micro_batch_of_an_epoch_has_one_shape_of_bounds():
+    """The loader's collator gets the plan's most samples, so compiled layers and the CUDA graph see one shape."""
+    lengths = [5, 9, 3, 12, 7, 2, 8, 4, 6, 11, 1, 10, 3, 3, 2]
+    rows = [{"input_ids": [7] * n, "labels": [7] * n} for n in lengths]
+    sampler = PackingBatchSampler(lengths, pack_tokens=16, seed=0, rows_per_batch=2)
+    slots = sampler.most_samples()
+    loader = DataLoader(PackedRows(rows), batch_sampler=sampler, collate_fn=Collator(True, 0, 16, 2, slots))
+    batches = list(loader)
+    assert {tuple(b["cu_seq_lens"].shape) for b in batches} == {(slots + 1,)}
+    assert max(int((b["cu_seq_lens"].diff() > 0).sum()) for b in batches) <= slots
+    for b in batches:
+        assert torch.equal(b["cu_seq_lens"], sample_bounds(b["position_ids"], slots))
+
+
+@pytest.mark.parametrize("window", [None, 3])
+def test_per_sample_attention_equals_masked_sdpa_with_grouped_heads(window):
+    torch.manual_seed(0)
+    positions = torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2, 0, 1], [0, 1, 2, 3, 4, 5, 6, 0, 1, 2]])
+    q = torch.randn(2, 4, 10, 8, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(2, 2, 10, 8, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(2, 2, 10, 8, dtype=torch.float64, requires_grad=True)
+    masks = packed_attention_masks(positions, window)
+    mask = masks["sliding_attention" if window else "full_attention"]
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.7, enable_gqa=True).transpose(1, 2)
+    out, _ = varlen_attention(
+        torch.nn.Module(), q, k, v, None, scaling=0.7, sliding_window=window, cu_seq_lens_q=sample_bounds(positions, 9)
+    )
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(ref)
+    torch.testing.assert_close(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g))
+
+
+def test_varlen_gives_todays_loss_and_lora_gradients_on_packed_rows(tokenizer, monkeypatch):
+    """fp32, the tiny model (sliding window 16, shorter than its samples; grouped K/V heads; KV-shared layers)."""
+    batch = packed_batch(tokenizer)
+    sdpa_loss, sdpa_grads = loss_and_grads(perturbed_module(LeanSpec(attention="sdpa"), "float32"), batch)
+    varlen = perturbed_module(LeanSpec(attention="varlen"), "float32")
+    assert varlen.plan.attention == "varlen" and varlen.plan.train.sample_bounds
+    assert varlen.model.config.get_text_config()._attn_implementation == VARLEN
+    windows = []
+    per_sample = attention._per_sample
+    monkeypatch.setattr(attention, "_per_sample", lambda *a: windows.append(a[-1]) or per_sample(*a))
+    varlen_loss, varlen_grads = loss_and_grads(varlen, batch)
+    layers = varlen.config.get_text_config().layer_types
+    # every layer per sample in the forward, and again, last layer first, in the checkpoint's recomputation
+    expected = [16 if kind == "sliding_attention" else None for kind in layers]
+    assert windows == expected + expected[::-1]
+    torch.testing.assert_close(varlen_loss, sdpa_loss, rtol=1e-5, atol=1e-5)
+    _assert_grads_close(varlen_grads, sdpa_grads, rtol=1e-4)
+
+
+def test_without_bounds_varlen_is_transformers_sdpa(tokenizer):
+    """Generation and padded rows pass no bounds: the registered function is then SDPA over transformers' masks."""
+    batch = packed_batch(tokenizer)
+    varlen = perturbed_module(LeanSpec(attention="varlen"), "float32")
+    sdpa = perturbed_module(LeanSpec(attention="sdpa"), "float32")
+    ids = batch["input_ids"][:, :40]
+    with torch.no_grad():
+        logits = [m.model(input_ids=ids, use_cache=False).logits for m in (varlen, sdpa)]
+    torch.testing.assert_close(logits[0], logits[1])
