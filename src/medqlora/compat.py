@@ -163,8 +163,7 @@ def flash_varlen(
 EFFICIENT_KEY_SPLITS = 8
 
 
-@torch.library.custom_op("medqlora::efficient_varlen", mutates_args=())
-def _efficient_varlen(
+def _efficient_forward(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bounds: torch.Tensor, max_length: int, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     out, lse, seed, offset, *_ = torch.ops.aten._efficient_attention_forward(
@@ -173,12 +172,8 @@ def _efficient_varlen(
     return out, lse, seed, offset
 
 
-@_efficient_varlen.register_fake
-def _(query, key, value, bounds, max_length, scale):
-    out, lse, seed, offset, *_ = torch.ops.aten._efficient_attention_forward(
-        query, key, value, None, bounds, bounds, max_length, max_length, 0.0, 1, True, scale=scale
-    )
-    return out, lse, seed, offset
+_efficient_varlen = torch.library.custom_op("medqlora::efficient_varlen", _efficient_forward, mutates_args=())
+_efficient_varlen.register_fake(_efficient_forward)  # the aten op's own meta function gives the shapes
 
 
 @torch.library.custom_op("medqlora::efficient_varlen_backward", mutates_args=())

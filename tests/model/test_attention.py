@@ -13,9 +13,9 @@ from helpers import encoded_rows, loss_and_grads, packed_batch, perturbed_module
 from test_loss import _assert_grads_close
 from torch.utils.data import DataLoader
 
-from medqlora.data.collate import Collator, PackedRows, PackingBatchSampler, pack_collate
+from medqlora.data.collate import Collator, PackedRows, PackingBatchSampler, pack_collate, sample_bounds
 from medqlora.model import attention
-from medqlora.model.attention import VARLEN, sample_bounds, varlen_attention
+from medqlora.model.attention import VARLEN, varlen_attention
 from medqlora.model.lean import LeanSpec
 from medqlora.model.masks import packed_attention_masks
 

@@ -166,15 +166,20 @@ def _row_ids(rows: list[dict]) -> dict[str, list[str]]:
     return {"row_ids": [r["row_id"] for r in rows]} if rows and "row_id" in rows[0] else {}
 
 
-def sample_starts(rows_lengths: list[list[int]], slots: int | None) -> torch.Tensor:
-    """Cumulative starts (int32) of the samples of packed rows flattened row after row, from each row's sample
-    lengths (`cu_seq_lens`, what variable-length attention reads), padded with empty samples to `slots`."""
-    starts, total = [], 0
-    for lengths in rows_lengths:
-        for n in lengths:
-            starts.append(total)
-            total += n
-    return torch.tensor(starts + [total] * (max(slots or 0, len(starts)) + 1 - len(starts)), dtype=torch.int32)
+def sample_bounds(position_ids: torch.Tensor, slots: int | None = None) -> torch.Tensor:
+    """Cumulative starts (int32, [slots + 1]) of the samples of packed rows [batch, T], flattened row after row.
+
+    A sample starts at each row's start and wherever a position does not follow on from the one before (the rule of
+    `model.masks.sample_ids`). With `slots`, the bounds are padded with empty samples to that many (or to the count,
+    when the rows hold more), so micro-batches keep one shape. Reads the positions on the host: call it on host
+    tensors. This is the batch's `cu_seq_lens`, what variable-length attention reads (model/attention.py)."""
+    starts = torch.ones_like(position_ids, dtype=torch.bool)
+    starts[:, 1:] = position_ids[:, 1:] != position_ids[:, :-1] + 1
+    first = starts.flatten().nonzero().flatten().to(torch.int32)
+    total = position_ids.numel()
+    bounds = torch.full((max(len(first), slots or 0) + 1,), total, dtype=torch.int32)
+    bounds[: len(first)] = first
+    return bounds
 
 
 def _packed_row(rows: list[dict], width: int | None, pad_id: int) -> tuple[torch.Tensor, ...]:
@@ -185,7 +190,7 @@ def _packed_row(rows: list[dict], width: int | None, pad_id: int) -> tuple[torch
     ids, labels, positions = ids + [pad_id] * filler, labels + [IGNORE_INDEX] * filler, positions + list(range(filler))
     ids_t, labels_t, pos_t = (torch.tensor(x, dtype=torch.long) for x in (ids, labels, positions))
     labels_t[pos_t == 0] = IGNORE_INDEX  # a sample's first token is never predicted from the previous one
-    return ids_t, pos_t, labels_t, [len(r["input_ids"]) for r in rows] + ([filler] if filler else [])
+    return ids_t, pos_t, labels_t
 
 
 def pack_collate(
@@ -209,8 +214,8 @@ def pack_collate(
         raise ValueError("several packed rows need a width to stack them; pass width=pack_tokens")
     if width is not None and packed_rows is not None:
         packed += [_packed_row([], width, pad_id) for _ in range(packed_rows - len(packed))]
-    ids, positions, labels = (torch.stack(parts) for parts in list(zip(*packed))[:3])
-    bounds = sample_starts([lengths for *_, lengths in packed], sample_slots)
+    ids, positions, labels = (torch.stack(parts) for parts in zip(*packed))
+    bounds = sample_bounds(positions, sample_slots)
     return {"input_ids": ids, "position_ids": positions, "labels": labels, "cu_seq_lens": bounds, **_row_ids(rows)}
 
 

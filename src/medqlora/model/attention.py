@@ -7,9 +7,9 @@ variable-length kernel call, so masked blocks are never computed:
 - full-attention layers (head_dim 512, past every flash kernel's limit): the memory-efficient (cutlass) kernel over
   the same samples, causal within each, K/V expanded to the query heads (it has no grouped heads).
 The samples arrive as cumulative starts, `cu_seq_lens_q` (transformers' padding-free keyword, passed down to every
-attention call): a fixed number of slots (`sample_bounds`), so compiled layers and the CUDA graph keep one shape;
-unused slots are empty samples. Without them (generation, padded rows) the call is transformers' SDPA. On a CPU each
-sample goes through SDPA on its own: the same result, also without the masked blocks.
+attention call), in a fixed number of slots (`data.collate.sample_bounds`), so compiled layers and the CUDA graph
+keep one shape; unused slots are empty samples. Without them (generation, padded rows) the call is transformers'
+SDPA. On a CPU each sample goes through SDPA on its own: the same result, also without the masked blocks.
 """
 
 from __future__ import annotations
@@ -21,21 +21,6 @@ from medqlora import compat
 
 VARLEN = "medqlora_varlen"  # the name transformers' attention and mask registries know this function by
 FLASH_MAX_HEAD_DIM = 256  # FlashAttention-2's largest head size
-
-
-def sample_bounds(position_ids: torch.Tensor, slots: int | None = None) -> torch.Tensor:
-    """Cumulative starts (int32, [slots + 1]) of the samples of packed rows [batch, T], flattened row after row.
-
-    A sample starts at each row's start and wherever a position does not follow on from the one before (the rule of
-    `masks.sample_ids`). With `slots`, the bounds are padded with empty samples to that many (or to the count, when
-    the rows hold more), so micro-batches keep one shape. Reads the positions on the host: call it on host tensors."""
-    starts = torch.ones_like(position_ids, dtype=torch.bool)
-    starts[:, 1:] = position_ids[:, 1:] != position_ids[:, :-1] + 1
-    first = starts.flatten().nonzero().flatten().to(torch.int32)
-    total = position_ids.numel()
-    bounds = torch.full((max(len(first), slots or 0) + 1,), total, dtype=torch.int32)
-    bounds[: len(first)] = first
-    return bounds
 
 
 def _per_sample(query, key, value, bounds, scale, window) -> torch.Tensor:

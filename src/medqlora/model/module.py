@@ -16,9 +16,9 @@ from torchmetrics import MeanMetric
 
 from medqlora import compat
 from medqlora.data.chat import IGNORE_INDEX
+from medqlora.data.collate import sample_bounds
 from medqlora.hub import load_config
 from medqlora.model.attention import register as register_varlen
-from medqlora.model.attention import sample_bounds
 from medqlora.model.compile import compile_decoder_layers, missing_compiler
 from medqlora.model.distributed import clean_name, is_fsdp
 from medqlora.model.host_embedding import HostEmbedding, share_across_local_ranks
@@ -162,7 +162,7 @@ class QLoRAModule(L.LightningModule):
 
     def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         """On the host, before the batch moves: drop a right-padding mask (`drop_right_padding_mask`), find packed
-        samples' bounds where the collator did not (`attention.sample_bounds`), and gather the batch's PLE rows, so
+        samples' bounds where the collator did not (`data.collate.sample_bounds`), and gather the batch's PLE rows, so
         they travel to the GPU with the batch."""
         batch = drop_right_padding_mask(batch)
         if self.plan is None or not self.plan.train.sample_bounds:  # masked attention: the graph keys on rows alone
