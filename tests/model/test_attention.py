@@ -1,8 +1,9 @@
 """model/attention.py: per-sample (varlen) attention gives today's masked-SDPA loss and LoRA gradients on packed rows,
 its sample bounds agree with the collator's, and without bounds it is transformers' SDPA.
 
-On a CPU the varlen path runs each sample through SDPA; the GPU kernels (FlashAttention-2 and the memory-efficient
-kernel) are checked against today's path in the benchmark's pre-timing check (docs/benchmarks.md)."""
+On a CPU the varlen path runs each sample of a sliding-window layer through SDPA and full layers through the GPU's
+row attention (dense GEMMs masked to the samples, its own backward); FlashAttention-2 on the sliding layers is checked
+against today's path in the benchmark's pre-timing check (docs/benchmarks.md)."""
 
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ def test_every_micro_batch_of_an_epoch_has_one_shape_of_bounds():
 
 
 @pytest.mark.parametrize("window", [None, 3])
-def test_per_sample_attention_equals_masked_sdpa_with_grouped_heads(window):
+def test_varlen_attention_equals_masked_sdpa_with_grouped_heads(window):
+    """Full layers (no window) through row attention's own backward, sliding ones per sample; fp64."""
     torch.manual_seed(0)
     positions = torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2, 0, 1], [0, 1, 2, 3, 4, 5, 6, 0, 1, 2]])
     q = torch.randn(2, 4, 10, 8, dtype=torch.float64, requires_grad=True)
@@ -72,12 +74,13 @@ def test_varlen_gives_todays_loss_and_lora_gradients_on_packed_rows(tokenizer, m
     assert varlen.plan.attention == "varlen" and varlen.plan.train.sample_bounds
     assert varlen.model.config.get_text_config()._attn_implementation == VARLEN
     windows = []
-    per_sample = attention._per_sample
+    per_sample, rows = attention._per_sample, attention.row_attention
     monkeypatch.setattr(attention, "_per_sample", lambda *a: windows.append(a[-1]) or per_sample(*a))
+    monkeypatch.setattr(attention, "row_attention", lambda *a: windows.append("rows") or rows(*a))
     varlen_loss, varlen_grads = loss_and_grads(varlen, batch)
     layers = varlen.config.get_text_config().layer_types
-    # every layer per sample in the forward, and again, last layer first, in the checkpoint's recomputation
-    expected = [16 if kind == "sliding_attention" else None for kind in layers]
+    # every layer by its route in the forward, and again, last layer first, in the checkpoint's recomputation
+    expected = [16 if kind == "sliding_attention" else "rows" for kind in layers]
     assert windows == expected + expected[::-1]
     torch.testing.assert_close(varlen_loss, sdpa_loss, rtol=1e-5, atol=1e-5)
     _assert_grads_close(varlen_grads, sdpa_grads, rtol=1e-4)
@@ -92,3 +95,33 @@ def test_without_bounds_varlen_is_transformers_sdpa(tokenizer):
     with torch.no_grad():
         logits = [m.model(input_ids=ids, use_cache=False).logits for m in (varlen, sdpa)]
     torch.testing.assert_close(logits[0], logits[1])
+
+
+def test_row_attention_in_bf16_keeps_fp32_scores():
+    """Half-precision inputs: the scores and the K/V gradients summed over heads stay fp32, so the error against fp32
+    on the same (bf16-representable) inputs is the outputs' rounding, not every score's (bf16 GEMM outputs: 3%)."""
+    torch.manual_seed(0)
+    positions = torch.cat([torch.arange(n) for n in (40, 70, 18)]).view(2, 64)
+    bounds = sample_bounds(positions, 6)
+    leaves = [(torch.randn(2, h, 64, 32) * 2).bfloat16().float() for h in (8, 1, 1)]
+    grad = torch.randn(2, 64, 8, 32).bfloat16().float()
+    masks = packed_attention_masks(positions, None)["full_attention"]
+    results = []
+    for dtype in (torch.float32, torch.bfloat16):
+        q, k, v = (t.to(dtype).requires_grad_() for t in leaves)
+        out = attention.row_attention(q, k, v, bounds, 1.0)
+        results.append([out.float(), *(g.float() for g in torch.autograd.grad(out, (q, k, v), grad.to(dtype)))])
+    ref = [t.detach().requires_grad_() for t in leaves]
+    sdpa = F.scaled_dot_product_attention(*ref, attn_mask=masks, scale=1.0, enable_gqa=True).transpose(1, 2)
+
+    def apart(got, want):
+        return float((got - want).norm() / want.norm())
+
+    assert max(map(apart, results[0], [sdpa, *torch.autograd.grad(sdpa, ref, grad)])) < 1e-5
+    assert max(map(apart, results[1], results[0])) < 1e-2
+
+
+def test_bmm_takes_an_fp32_out_dtype_for_bf16_inputs():
+    """What row attention's GPU route calls (CUDA kernels only; the meta kernel checks the signature and dtype)."""
+    a, b = (torch.empty(2, 4, 8, dtype=torch.bfloat16, device="meta") for _ in range(2))
+    assert torch.bmm(a, b.mT, out_dtype=torch.float32).dtype == torch.float32

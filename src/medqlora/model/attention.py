@@ -1,15 +1,16 @@
 """Attention that follows the samples of a packed row, not the row (`model.lean.attention: varlen`).
 
-A packed row of 2048 tokens holds about five samples of the mix. SDPA with the row's block-diagonal mask computes
-every block of the row's attention matrix, masked or not; here each sample is its own sequence of one
-variable-length kernel call, so masked blocks are never computed:
-- sliding-window layers (head_dim 256): FlashAttention-2's varlen kernel with the window, K/V heads shared natively;
-- full-attention layers (head_dim 512, past every flash kernel's limit): the memory-efficient (cutlass) kernel over
-  the same samples, causal within each, K/V expanded to the query heads (it has no grouped heads).
+A packed row of 2048 tokens holds about five samples of the mix. SDPA with the row's block-diagonal boolean mask runs
+the memory-efficient kernel over every block of the row's attention matrix, masked or not. Here:
+- sliding-window layers (head_dim 256): FlashAttention-2's varlen kernel, each sample its own sequence, with the
+  window and K/V heads shared natively: masked blocks are never computed;
+- full-attention layers (head_dim 512, past every flash kernel's limit): `_RowAttention`, each row's attention matrix
+  through cuBLAS GEMMs masked to its samples, one head at a time, recomputed in backward (its docstring says why).
 The samples arrive as cumulative starts, `cu_seq_lens_q` (transformers' padding-free keyword, passed down to every
 attention call), in a fixed number of slots (`data.collate.sample_bounds`), so compiled layers and the CUDA graph
 keep one shape; unused slots are empty samples. Without them (generation, padded rows) the call is transformers'
-SDPA. On a CPU each sample goes through SDPA on its own: the same result, also without the masked blocks.
+SDPA. On a CPU each sample of a sliding-window layer goes through SDPA on its own (the reference), and full layers
+take the GPU's route.
 """
 
 from __future__ import annotations
@@ -42,6 +43,85 @@ def _per_sample(query, key, value, bounds, scale, window) -> torch.Tensor:
     return out
 
 
+def _wide_bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b at least in fp32: from half-precision inputs an fp32 result, not one rounded to bf16."""
+    if a.dtype.itemsize >= 4:
+        return a @ b
+    if a.is_cuda:
+        return torch.bmm(a, b, out_dtype=torch.float32)
+    return a.float() @ b.float()  # bmm's out_dtype is CUDA-only; bf16 values are exact in fp32
+
+
+def _scores(rows: torch.Tensor, columns: torch.Tensor, allowed: torch.Tensor, scale: float) -> torch.Tensor:
+    """Masked fp32 scores, rows @ columns^T: [batch, query, key] from (query, key), transposed from (key, query)."""
+    return (_wide_bmm(rows, columns.mT) * scale).masked_fill(~allowed, float("-inf"))
+
+
+class _RowAttention(torch.autograd.Function):
+    """Causal attention within each sample of packed rows, as dense GEMMs over each row masked to its samples.
+
+    Hand-written because no fused kernel trains head_dim 512 well on Hopper (FlashAttention and cuDNN stop at 256):
+    the memory-efficient varlen kernel took 5.0-7.4 ms a layer forward and backward at 2 x 2048 on an H200, these
+    GEMMs 2.1-2.6 ms in a compiled layer (5.4-7.0 eager), though they also compute the masked blocks. One head at a
+    time keeps the fp32 scores at [batch, T, T]; backward recomputes them from the saved log-sum-exp
+    (FlashAttention's backward, unfused; docs/benchmarks.md).
+    Query [batch, heads, T, dim], key/value [batch, kv_heads, T, dim] in; [batch, T, heads, dim] out."""
+
+    @staticmethod
+    def forward(ctx, query, key, value, segments, scale):
+        allowed = _allowed(segments)
+        group = query.shape[1] // key.shape[1]
+        outs, lses = [], []
+        for h in range(query.shape[1]):
+            scores = _scores(query[:, h], key[:, h // group], allowed, scale)
+            lse = torch.logsumexp(scores, dim=-1)
+            outs.append(torch.exp(scores - lse[..., None]).to(value.dtype) @ value[:, h // group])
+            lses.append(lse)
+        out, lse = torch.stack(outs, dim=2), torch.stack(lses, dim=1)
+        ctx.save_for_backward(query, key, value, segments, out, lse)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        # In [key, query] layout: the scores recomputed here are then not the forward's expression, which the
+        # compiler's common-subexpression pass would otherwise merge with the forward's and keep alive (every head's
+        # fp32 scores, saved across the two), and the transposed products are the GEMMs K/V's gradients need.
+        query, key, value, segments, out, lse = ctx.saved_tensors
+        allowed, scale, dtype = _allowed(segments).mT, ctx.scale, query.dtype
+        wide = torch.promote_types(dtype, torch.float32)
+        group = query.shape[1] // key.shape[1]
+        delta = (grad.to(wide) * out.to(wide)).sum(-1)  # [batch, T, heads]: rowsum(dO * O), softmax's backward
+        dq = []
+        dk = torch.zeros(key.shape, dtype=wide, device=key.device)
+        dv = torch.zeros(value.shape, dtype=wide, device=value.device)
+        for h in range(query.shape[1]):
+            g, k, v, q = grad[:, :, h], key[:, h // group], value[:, h // group], query[:, h]
+            probs = torch.exp(_scores(k, q, allowed, scale) - lse[:, h, None, :])  # [batch, key, query]
+            dv[:, h // group] += _wide_bmm(probs.to(dtype), g)
+            dscores = (probs * (_wide_bmm(v, g.mT) - delta[:, None, :, h]) * scale).to(dtype)
+            dq.append(dscores.mT @ k)
+            dk[:, h // group] += _wide_bmm(dscores, q)
+        return torch.stack(dq, dim=1), dk.to(dtype), dv.to(dtype), None, None
+
+
+def _allowed(segments: torch.Tensor) -> torch.Tensor:
+    """[batch, T, T]: query i sees key j when both are in one sample and j <= i."""
+    i = torch.arange(segments.shape[-1], device=segments.device)
+    return (segments[:, :, None] == segments[:, None, :]) & (i[None, :] <= i[:, None])
+
+
+def row_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bounds: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """Causal attention within the samples `bounds` (cumulative starts over the flattened rows) of [batch, heads, T,
+    dim] queries and [batch, kv_heads, T, dim] keys and values; [batch, T, heads, dim] out."""
+    batch, _, length, _ = query.shape
+    tokens = torch.arange(batch * length, device=bounds.device, dtype=bounds.dtype)
+    segments = torch.searchsorted(bounds, tokens, right=True).view(batch, length)
+    return _RowAttention.apply(query, key, value, segments, scale)
+
+
 def varlen_attention(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -68,16 +148,15 @@ def varlen_attention(
         )
     batch, heads, length, dim = query.shape
     scale = dim**-0.5 if scaling is None else scaling
+    if sliding_window is None and (query.device.type != "cuda" or dim > FLASH_MAX_HEAD_DIM):
+        return row_attention(query, key, value, bounds, scale), None
     q, k, v = (t.transpose(1, 2).reshape(batch * length, t.shape[1], dim) for t in (query, key, value))
     if query.device.type != "cuda":
         out = _per_sample(q, k, v, bounds, scale, sliding_window)
     elif dim <= FLASH_MAX_HEAD_DIM:
         out = compat.flash_varlen(q, k, v, bounds, length, scale, sliding_window)
-    elif sliding_window is not None:
-        raise ValueError(f"model.lean.attention=varlen has no kernel for sliding-window layers of head_dim {dim} > 256")
     else:
-        k, v = (t.repeat_interleave(heads // t.shape[1], dim=1) for t in (k, v))
-        out = compat.efficient_varlen(q[None], k[None], v[None], bounds, length, scale)[0]
+        raise ValueError(f"model.lean.attention=varlen has no kernel for sliding-window layers of head_dim {dim} > 256")
     return out.view(batch, length, heads, dim), None
 
 

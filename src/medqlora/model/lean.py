@@ -27,7 +27,8 @@ class LeanSpec:
             weight to fp32 (~11 GB on E2B). Off by default; on reproduces the plain recipe.
         attention: `varlen`: each packed sample attends within itself through variable-length kernels that skip
             what the block-diagonal mask hides (model/attention.py: FlashAttention-2 on the sliding-window layers,
-            the memory-efficient kernel on the head_dim-512 full ones; per sample through SDPA on a CPU). `sdpa` and
+            GEMMs masked to the samples on the head_dim-512 full ones; sliding layers per sample through SDPA on a
+            CPU). `sdpa` and
             `eager` are transformers' (eager is slow; for debugging), over the packed rows' block-diagonal masks.
             `auto` (default): varlen on a GPU with packed bf16/fp16 rows, else sdpa.
         loss_grad_in_forward: compute each loss chunk's gradient while its logits exist instead of recomputing
