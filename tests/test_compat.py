@@ -179,20 +179,6 @@ def test_compat_flash_varlen():
     assert schema.returns[0].type.kind() == "TensorType"  # the output first
 
 
-def test_compat_efficient_varlen():
-    """The custom op's shapes, its backward's wiring and the key splits, traced on meta tensors (the kernels run on a
-    GPU only); the backward op names num_splits_key."""
-    backward = [a.name for a in torch.ops.aten._efficient_attention_backward.default._schema.arguments]
-    assert "num_splits_key" in backward and "scale" in backward
-    q, k, v = (torch.randn(1, 64, 4, 512, device="meta", requires_grad=True) for _ in range(3))
-    bounds = torch.tensor([0, 40, 64, 64], dtype=torch.int32, device="meta")
-    out = compat.efficient_varlen(q, k, v, bounds, 64, 0.5)
-    assert out.shape == q.shape
-    grads = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
-    assert [g.shape for g in grads] == [q.shape, k.shape, v.shape]
-    assert compat.EFFICIENT_KEY_SPLITS > 1
-
-
 def test_compat_own_forward_and_decoder_layer_class(tiny_dir):
     """The decoder layer class is where medqlora imports it from, and its unwrapped forward is the layer's own (it
     takes the hidden states and the per-layer input), not transformers' checkpointing wrapper."""
