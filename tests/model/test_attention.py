@@ -66,6 +66,25 @@ def test_varlen_attention_equals_masked_sdpa_with_grouped_heads(window):
     torch.testing.assert_close(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g))
 
 
+@pytest.mark.parametrize("chunks", [1, 3, 4, 10])
+def test_row_attention_in_query_slices_equals_masked_sdpa_and_skips_the_upper_triangle(chunks, monkeypatch):
+    """fp64, uneven slices included; each slice's scores span the keys up to its own end, none past it."""
+    torch.manual_seed(0)
+    positions = torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2, 0, 1], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]])
+    q, k, v = (torch.randn(2, h, 10, 8, dtype=torch.float64, requires_grad=True) for h in (4, 2, 2))
+    mask = packed_attention_masks(positions, None)["full_attention"]
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.7, enable_gqa=True).transpose(1, 2)
+    areas, scores = [], attention._scores
+    monkeypatch.setattr(attention, "_scores", lambda *a: areas.append(a[2].shape[1:]) or scores(*a))
+    out = attention.row_attention(q, k, v, sample_bounds(positions, 9), 0.7, chunks)
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(ref)
+    torch.testing.assert_close(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g))
+    edges = [i * 10 // chunks for i in range(chunks + 1)]
+    forward = [(end - start, end) for start, end in zip(edges[:-1], edges[1:])]
+    assert areas == forward * 4 + [(end, rows) for rows, end in forward] * 4  # 4 heads, forward then backward
+
+
 def test_varlen_gives_todays_loss_and_lora_gradients_on_packed_rows(tokenizer, monkeypatch):
     """fp32, the tiny model (sliding window 16, shorter than its samples; grouped K/V heads; KV-shared layers)."""
     batch = packed_batch(tokenizer)

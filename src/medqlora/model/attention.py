@@ -62,24 +62,31 @@ class _RowAttention(torch.autograd.Function):
 
     Hand-written because no fused kernel trains head_dim 512 well on Hopper (FlashAttention and cuDNN stop at 256):
     the memory-efficient varlen kernel took 5.0-7.4 ms a layer forward and backward at 2 x 2048 on an H200, these
-    GEMMs 2.1-2.6 ms in a compiled layer (5.4-7.0 eager), though they also compute the masked blocks. One head at a
-    time keeps the fp32 scores at [batch, T, T]; backward recomputes them from the saved log-sum-exp
-    (FlashAttention's backward, unfused; docs/benchmarks.md).
+    GEMMs 2.1-2.6 ms in a compiled layer (5.4-7.0 eager). With `chunks` > 1 the queries go in static slices, each
+    against the keys up to its own end, so the blocks above the causal diagonal are skipped (8 slices compute 56% of
+    the matrix; benchmarks/history/masked_block_kernels.py measures whether that pays); blocks masked between samples
+    are still computed.
+    One head at a time keeps the fp32 scores at [batch, T / chunks, T]; backward recomputes them from the saved
+    log-sum-exp (FlashAttention's backward, unfused; docs/benchmarks.md).
     Query [batch, heads, T, dim], key/value [batch, kv_heads, T, dim] in; [batch, T, heads, dim] out."""
 
     @staticmethod
-    def forward(ctx, query, key, value, segments, scale):
-        allowed = _allowed(segments)
+    def forward(ctx, query, key, value, segments, scale, chunks):
+        allowed, edges = _allowed(segments), _edges(query.shape[2], chunks)
         group = query.shape[1] // key.shape[1]
         outs, lses = [], []
         for h in range(query.shape[1]):
-            scores = _scores(query[:, h], key[:, h // group], allowed, scale)
-            lse = torch.logsumexp(scores, dim=-1)
-            outs.append(torch.exp(scores - lse[..., None]).to(value.dtype) @ value[:, h // group])
-            lses.append(lse)
-        out, lse = torch.stack(outs, dim=2), torch.stack(lses, dim=1)
+            k, v = key[:, h // group], value[:, h // group]
+            for start, end in edges:
+                scores = _scores(query[:, h, start:end], k[:, :end], allowed[:, start:end, :end], scale)
+                lse = torch.logsumexp(scores, dim=-1)
+                outs.append(torch.exp(scores - lse[..., None]).to(value.dtype) @ v[:, :end])
+                lses.append(lse)
+        heads = query.shape[1]
+        out = torch.stack([torch.cat(outs[h * len(edges) : (h + 1) * len(edges)], 1) for h in range(heads)], dim=2)
+        lse = torch.stack([torch.cat(lses[h * len(edges) : (h + 1) * len(edges)], 1) for h in range(heads)], dim=1)
         ctx.save_for_backward(query, key, value, segments, out, lse)
-        ctx.scale = scale
+        ctx.scale, ctx.chunks = scale, chunks
         return out
 
     @staticmethod
@@ -89,6 +96,7 @@ class _RowAttention(torch.autograd.Function):
         # fp32 scores, saved across the two), and the transposed products are the GEMMs K/V's gradients need.
         query, key, value, segments, out, lse = ctx.saved_tensors
         allowed, scale, dtype = _allowed(segments).mT, ctx.scale, query.dtype
+        edges = _edges(query.shape[2], ctx.chunks)
         wide = torch.promote_types(dtype, torch.float32)
         group = query.shape[1] // key.shape[1]
         delta = (grad.to(wide) * out.to(wide)).sum(-1)  # [batch, T, heads]: rowsum(dO * O), softmax's backward
@@ -96,13 +104,24 @@ class _RowAttention(torch.autograd.Function):
         dk = torch.zeros(key.shape, dtype=wide, device=key.device)
         dv = torch.zeros(value.shape, dtype=wide, device=value.device)
         for h in range(query.shape[1]):
-            g, k, v, q = grad[:, :, h], key[:, h // group], value[:, h // group], query[:, h]
-            probs = torch.exp(_scores(k, q, allowed, scale) - lse[:, h, None, :])  # [batch, key, query]
-            dv[:, h // group] += _wide_bmm(probs.to(dtype), g)
-            dscores = (probs * (_wide_bmm(v, g.mT) - delta[:, None, :, h]) * scale).to(dtype)
-            dq.append(dscores.mT @ k)
-            dk[:, h // group] += _wide_bmm(dscores, q)
-        return torch.stack(dq, dim=1), dk.to(dtype), dv.to(dtype), None, None
+            k, v, pieces = key[:, h // group], value[:, h // group], []
+            for start, end in edges:
+                g, q = grad[:, start:end, h], query[:, h, start:end]
+                scores = _scores(k[:, :end], q, allowed[:, :end, start:end], scale)
+                probs = torch.exp(scores - lse[:, h, None, start:end])  # [batch, key, query]
+                dv[:, h // group, :end] += _wide_bmm(probs.to(dtype), g)
+                dscores = (probs * (_wide_bmm(v[:, :end], g.mT) - delta[:, None, start:end, h]) * scale).to(dtype)
+                pieces.append(dscores.mT @ k[:, :end])
+                dk[:, h // group, :end] += _wide_bmm(dscores, q)
+            dq.append(torch.cat(pieces, dim=1))
+        return torch.stack(dq, dim=1), dk.to(dtype), dv.to(dtype), None, None, None
+
+
+def _edges(length: int, chunks: int) -> list[tuple[int, int]]:
+    """`chunks` contiguous (start, end) slices of `length` positions, as even as integers allow, none empty."""
+    n = max(1, min(chunks, length))
+    cuts = [i * length // n for i in range(n + 1)]
+    return list(zip(cuts[:-1], cuts[1:]))
 
 
 def _allowed(segments: torch.Tensor) -> torch.Tensor:
@@ -112,14 +131,20 @@ def _allowed(segments: torch.Tensor) -> torch.Tensor:
 
 
 def row_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bounds: torch.Tensor, scale: float
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    bounds: torch.Tensor,
+    scale: float,
+    chunks: int = 1,
 ) -> torch.Tensor:
     """Causal attention within the samples `bounds` (cumulative starts over the flattened rows) of [batch, heads, T,
-    dim] queries and [batch, kv_heads, T, dim] keys and values; [batch, T, heads, dim] out."""
+    dim] queries and [batch, kv_heads, T, dim] keys and values, queries in `chunks` slices; [batch, T, heads, dim]
+    out."""
     batch, _, length, _ = query.shape
     tokens = torch.arange(batch * length, device=bounds.device, dtype=bounds.dtype)
     segments = torch.searchsorted(bounds, tokens, right=True).view(batch, length)
-    return _RowAttention.apply(query, key, value, segments, scale)
+    return _RowAttention.apply(query, key, value, segments, scale, chunks)
 
 
 def varlen_attention(
