@@ -14,6 +14,8 @@ DEMOTED_RECORDS = [
     # bitsandbytes on AVX512-BF16 CPUs without the optional `kernels` package: that kernel serves only the packed
     # CPU layout, which medqlora switches off (`medqlora.compat.keep_4bit_layout`)
     ("bitsandbytes.backends.cpu.ops", "gemm_4bit_forward from kernels-community"),
+    # the same attempt with `kernels` installed (transformers >= 5.25 requires it) and the hub offline
+    ("kernels._internals.hf_hub", "trust check for 'kernels-community/quantization-bitsandbytes'"),
     # Lightning >= 2.6 advertises its hosted logger at every fit
     ("lightning.pytorch.utilities.rank_zero", "💡 Tip: For seamless cloud logging"),
 ]

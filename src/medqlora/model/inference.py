@@ -33,7 +33,7 @@ class FusedRMSNorm(nn.Module):
 
     def __init__(self, norm: nn.Module):
         super().__init__()
-        self.eps = norm.eps
+        self.eps = norm.eps if hasattr(norm, "eps") else norm.variance_epsilon  # transformers 5.25 renamed it
         weight = getattr(norm, "weight", None) if getattr(norm, "with_scale", True) else None
         self.weight = None if weight is None else nn.Parameter(weight.detach(), requires_grad=False)
 
