@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--memory-report", default=None, help="medqlora only: JSON of who holds the peak")
     c.add_argument(
         "--attention",
-        choices=["auto", "varlen", "sdpa", "eager"],
+        choices=["auto", "varlen", "flex", "sdpa", "eager"],
         default=None,
         help="medqlora only: lean.attention (default: the recipe's with --recipe-lean, else sdpa)",
     )

@@ -7,6 +7,8 @@
 #   bash benchmarks/headline.sh            # everything (~12 minutes on an H200)
 #   PART=1 bash benchmarks/headline.sh     # the checkpoint and both default cases           } under the device
 #   PART=2 bash benchmarks/headline.sh     # eager, TRL, plain-careful, merge and plot        } tool's 10-minute cap
+#   PART=flex bash benchmarks/headline.sh  # the default with FlexAttention on the full layers beside the default;
+#                                          # merged into $OUT/headline-flex.json (not the plot)
 # Carry .gpu-site (bitsandbytes, datasets, jsonargparse, trl: ../shared/tools/device-site.sh). Every case with a new
 # path first checks its loss and LoRA gradients against eager layers with masked SDPA on its first batch (vs_today).
 set -u
@@ -22,6 +24,15 @@ case_() {  # case_ NAME TIMEOUT ARGS...
   echo "   rc $? at ${SECONDS}s"; grep -v "it/s\]$" "$LOGS/$name.log" | tail -n 1 | cut -c1-600
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+if [ "${PART:-all}" = flex ]; then
+  build_checkpoint
+  case_ default-flex 300 --system medqlora --recipe-lean --attention flex \
+    --label "medqlora, the recipe's default with FlexAttention on the full layers (model.lean.attention: flex)"
+  case_ default 280 --system medqlora --recipe-lean --label "medqlora, the recipe's default (configs/gemma4-e2b-medical.yaml)"
+  python3 benchmarks/bench_train.py merge "$CASES"/default-flex.json "$CASES"/default.json \
+    --out "$OUT/headline-flex.json" --command "PART=flex bash benchmarks/headline.sh" > /dev/null
+  cp "$CASES"/*.json "$OUT"/ 2>/dev/null; echo "== done at ${SECONDS}s"; exit 0
+fi
 if [ "${PART:-all}" != 2 ]; then
   build_checkpoint
   case_ default 280 --system medqlora --recipe-lean --label "medqlora, the recipe's default (configs/gemma4-e2b-medical.yaml)"

@@ -122,7 +122,7 @@ def run_medqlora(
     new_path = switches["compile_layers"] or switches["loss_grad_in_forward"] or switches["cuda_graph"]
     first = (
         [PathCheck(CHECKS, switches["loss_grad_in_forward"], WARMUP_BATCHES)]
-        if new_path or switches["attention"] in ("varlen", "auto")
+        if new_path or switches["attention"] in ("varlen", "flex", "auto")
         else []
     )
     extra = []

@@ -3,7 +3,8 @@ its sample bounds agree with the collator's, and without bounds it is transforme
 
 On a CPU the varlen path runs each sample of a sliding-window layer through SDPA and full layers through the GPU's
 row attention (dense GEMMs masked to the samples, its own backward); FlashAttention-2 on the sliding layers is checked
-against today's path in the benchmark's pre-timing check (docs/benchmarks.md)."""
+against today's path in the benchmark's pre-timing check (docs/benchmarks.md). `flex` (FlexAttention on the full
+layers) runs forward only on a CPU; its backward is checked the same way on the GPU."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from medqlora.data.collate import Collator, PackedRows, PackingBatchSampler, pack_collate, sample_bounds
 from medqlora.model import attention
-from medqlora.model.attention import VARLEN, varlen_attention
+from medqlora.model.attention import NAMES, varlen_attention
 from medqlora.model.lean import LeanSpec
 from medqlora.model.masks import packed_attention_masks
 
@@ -66,32 +67,13 @@ def test_varlen_attention_equals_masked_sdpa_with_grouped_heads(window):
     torch.testing.assert_close(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g))
 
 
-@pytest.mark.parametrize("chunks", [1, 3, 4, 10])
-def test_row_attention_in_query_slices_equals_masked_sdpa_and_skips_the_upper_triangle(chunks, monkeypatch):
-    """fp64, uneven slices included; each slice's scores span the keys up to its own end, none past it."""
-    torch.manual_seed(0)
-    positions = torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2, 0, 1], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]])
-    q, k, v = (torch.randn(2, h, 10, 8, dtype=torch.float64, requires_grad=True) for h in (4, 2, 2))
-    mask = packed_attention_masks(positions, None)["full_attention"]
-    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.7, enable_gqa=True).transpose(1, 2)
-    areas, scores = [], attention._scores
-    monkeypatch.setattr(attention, "_scores", lambda *a: areas.append(a[2].shape[1:]) or scores(*a))
-    out = attention.row_attention(q, k, v, sample_bounds(positions, 9), 0.7, chunks)
-    torch.testing.assert_close(out, ref)
-    g = torch.randn_like(ref)
-    torch.testing.assert_close(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g))
-    edges = [i * 10 // chunks for i in range(chunks + 1)]
-    forward = [(end - start, end) for start, end in zip(edges[:-1], edges[1:])]
-    assert areas == forward * 4 + [(end, rows) for rows, end in forward] * 4  # 4 heads, forward then backward
-
-
 def test_varlen_gives_todays_loss_and_lora_gradients_on_packed_rows(tokenizer, monkeypatch):
     """fp32, the tiny model (sliding window 16, shorter than its samples; grouped K/V heads; KV-shared layers)."""
     batch = packed_batch(tokenizer)
     sdpa_loss, sdpa_grads = loss_and_grads(perturbed_module(LeanSpec(attention="sdpa"), "float32"), batch)
     varlen = perturbed_module(LeanSpec(attention="varlen"), "float32")
     assert varlen.plan.attention == "varlen" and varlen.plan.train.sample_bounds
-    assert varlen.model.config.get_text_config()._attn_implementation == VARLEN
+    assert varlen.model.config.get_text_config()._attn_implementation == NAMES["varlen"]
     windows = []
     per_sample, rows = attention._per_sample, attention.row_attention
     monkeypatch.setattr(attention, "_per_sample", lambda *a: windows.append(a[-1]) or per_sample(*a))
@@ -103,6 +85,43 @@ def test_varlen_gives_todays_loss_and_lora_gradients_on_packed_rows(tokenizer, m
     assert windows == expected + expected[::-1]
     torch.testing.assert_close(varlen_loss, sdpa_loss, rtol=1e-5, atol=1e-5)
     _assert_grads_close(varlen_grads, sdpa_grads, rtol=1e-4)
+
+
+def test_flex_skips_the_blocks_between_samples_and_equals_masked_sdpa():
+    """fp64 forward (FlexAttention has no backward on a CPU; the GPU's is checked before the benchmark's timing) on
+    rows longer than one 128-token block and not a multiple of it; the block mask keeps only blocks within samples."""
+    torch.manual_seed(0)
+    positions = torch.cat([torch.arange(n) for n in (130, 170, 50, 250)]).view(2, 300)
+    q, k, v = (torch.randn(2, h, 300, 16, dtype=torch.float64) for h in (4, 2, 2))
+    masks = packed_attention_masks(positions, None)["full_attention"]
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=masks, scale=0.5, enable_gqa=True).transpose(1, 2)
+    from torch.nn.attention import flex_attention as flex
+
+    kept, create = [], flex.create_block_mask
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(flex, "create_block_mask", lambda *a, **k: kept.append(create(*a, **k)) or kept[-1])
+        out = attention.flex_row_attention(q, k, v, sample_bounds(positions, 7), 0.5)
+    torch.testing.assert_close(out, ref)
+    blocks = kept[0].to_dense()[:, 0]  # [row, query block, key block]
+    # row 0: samples 0-129 and 130-299, so queries 256-299 see no key below 128; row 1: 0-49 and 50-299
+    assert blocks.tolist() == [[[1, 0, 0], [1, 1, 0], [0, 1, 1]], [[1, 0, 0], [1, 1, 0], [1, 1, 1]]]
+
+
+def test_flex_through_the_tiny_model_gives_row_attentions_loss(tokenizer):
+    """The `flex` choice registered with transformers routes the full layers through FlexAttention, forward only."""
+    batch = packed_batch(tokenizer)
+    module = perturbed_module(LeanSpec(attention="varlen"), "float32")
+    with torch.no_grad():
+        rows = module(dict(batch)).loss
+        text = module.model.get_base_model().model.language_model
+        text.set_attn_implementation(attention.register("flex"))
+        calls, flex = [], attention.flex_row_attention
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(attention, "flex_row_attention", lambda *a: calls.append(1) or flex(*a))
+            flexed = module(dict(batch)).loss
+    layers = module.config.get_text_config().layer_types
+    assert len(calls) == layers.count("full_attention") > 0
+    torch.testing.assert_close(flexed, rows, rtol=1e-5, atol=1e-5)
 
 
 def test_without_bounds_varlen_is_transformers_sdpa(tokenizer):

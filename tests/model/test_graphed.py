@@ -139,5 +139,6 @@ def test_cuda_graph_refuses_the_full_logits_loss_and_eager_attention():
     (the graph's masks are boolean): both refused at the config, naming the switches."""
     with pytest.raises(ValueError, match=r"cuda_graph=true needs model\.lean\.chunked_loss=true"):
         LeanSpec(cuda_graph=True, chunked_loss=False)
-    with pytest.raises(ValueError, match=r"cuda_graph=true needs model\.lean\.attention varlen or sdpa, not 'eager'"):
+    refused = r"cuda_graph=true needs model\.lean\.attention varlen, flex or sdpa, not 'eager'"
+    with pytest.raises(ValueError, match=refused):
         LeanSpec(cuda_graph=True, attention="eager")

@@ -19,14 +19,15 @@ FSDP = dataclasses.replace(GPU, world_size=2, strategy="QLoRAFSDPStrategy", fsdp
 # one case per row of CONFLICTS, in its order: (switches, run or None for the config alone, what the message says)
 CASES = [
     ({"cuda_graph": True, "chunked_loss": False, "loss_grad_in_forward": False}, None, "chunked_loss=true"),
-    ({"cuda_graph": True, "attention": "eager"}, None, "attention varlen or sdpa, not 'eager'"),
+    ({"cuda_graph": True, "attention": "eager"}, None, "attention varlen, flex or sdpa, not 'eager'"),
     (
         {"compile_layers": True, "attention": "eager", "cuda_graph": False},
         None,
-        "attention varlen or sdpa, not 'eager'",
+        "attention varlen, flex or sdpa, not 'eager'",
     ),
-    ({"attention": "varlen", "cuda_graph": False}, dataclasses.replace(GPU, packing=False), "data.packing=false"),
+    ({"attention": "flex", "cuda_graph": False}, dataclasses.replace(GPU, packing=False), "flex with data.packing"),
     ({"attention": "varlen"}, dataclasses.replace(GPU, compute_dtype="float32"), "compute_dtype='float32'"),
+    ({"attention": "flex"}, RunFacts(), "attention=flex on trainer.accelerator cpu: FlexAttention"),
     ({"chunked_loss": False}, None, "loss_grad_in_forward=true needs model.lean.chunked_loss=true"),
     ({"cuda_graph": True}, DDP, "this run has 2 under trainer.strategy DDPStrategy"),
     ({"cuda_graph": True}, dataclasses.replace(GPU, loss_scaler=True), "trainer.precision bf16-mixed"),
@@ -94,5 +95,7 @@ def test_the_plan_fixes_the_forms_and_the_loss():
     assert masked.train == Form(own_masks=True, fixed_shape=True) and masked.evaluate == Form(own_masks=True)
     eager = plan_step(LeanSpec(compile_layers=False, cuda_graph=False, loss_grad_in_forward=False), GPU)
     assert eager.train == eager.evaluate == Form(sample_bounds=True) and eager.loss == "chunked"
+    flex = plan_step(LeanSpec(attention="flex"), GPU)
+    assert flex.attention == "flex" and flex.train == graphed.train and flex.evaluate == graphed.evaluate
     plain = plan_step(LeanSpec(chunked_loss=False, loss_grad_in_forward=False), GPU)
     assert plain.loss == "full_logits" and not plain.cuda_graph

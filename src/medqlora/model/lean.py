@@ -25,11 +25,14 @@ class LeanSpec:
         text_only: do not load the vision and audio towers (text training never runs them).
         upcast_frozen: run `peft.prepare_model_for_kbit_training`, which upcasts every frozen non-4-bit
             weight to fp32 (~11 GB on E2B). Off by default; on reproduces the plain recipe.
-        attention: `varlen`: each packed sample attends within itself through variable-length kernels that skip
-            what the block-diagonal mask hides (model/attention.py: FlashAttention-2 on the sliding-window layers,
-            GEMMs masked to the samples on the head_dim-512 full ones; sliding layers per sample through SDPA on a
-            CPU). `sdpa` and
-            `eager` are transformers' (eager is slow; for debugging), over the packed rows' block-diagonal masks.
+        attention: `varlen`: each packed sample attends within itself (model/attention.py): FlashAttention-2's
+            varlen kernel on the sliding-window layers, skipping what the block-diagonal mask hides, and on the
+            head_dim-512 full ones dense GEMMs masked to the samples (faster there than any kernel that skips);
+            sliding layers per sample through SDPA on a CPU. `flex`: the same, but the full layers through
+            FlexAttention with a per-sample block mask, which skips every masked block and holds no score matrix
+            (a GPU only; training E2B 5% slower than varlen on an H100 at the same peak: docs/benchmarks.md).
+            `sdpa` and `eager` are transformers' (eager is slow; for debugging), over the packed rows'
+            block-diagonal masks.
             `auto` (default): varlen on a GPU with packed bf16/fp16 rows, else sdpa.
         loss_grad_in_forward: compute each loss chunk's gradient while its logits exist instead of recomputing
             them in backward (saves a third of the LM head's work and 0.1 GiB at 2 x 2048; model/loss.py). The LM
@@ -51,7 +54,7 @@ class LeanSpec:
     ple_shared: bool = True
     text_only: bool = True
     upcast_frozen: bool = False
-    attention: Literal["auto", "varlen", "sdpa", "eager"] = "auto"
+    attention: Literal["auto", "varlen", "flex", "sdpa", "eager"] = "auto"
     loss_grad_in_forward: bool = True
     compile_layers: bool | Literal["auto"] = "auto"
     cuda_graph: bool | Literal["auto"] = "auto"
@@ -59,11 +62,9 @@ class LeanSpec:
     def __post_init__(self) -> None:
         if self.loss_chunk_size < 1:
             raise ValueError(f"model.lean.loss_chunk_size={self.loss_chunk_size} must be >= 1 (default 256)")
-        if self.attention not in ("auto", "varlen", "sdpa", "eager"):
-            raise ValueError(
-                f"model.lean.attention={self.attention!r}: use auto (default), varlen, sdpa or eager (flex_attention "
-                "does not compile for E2B's head_dim 512 on an H100: docs/benchmarks.md)"
-            )
+        if self.attention not in ("auto", "varlen", "flex", "sdpa", "eager"):
+            choices = "auto (default), varlen, flex, sdpa or eager"
+            raise ValueError(f"model.lean.attention={self.attention!r}: use {choices}")
         for name in ("compile_layers", "cuda_graph"):
             if getattr(self, name) not in (True, False, "auto"):
                 raise ValueError(f"model.lean.{name}={getattr(self, name)!r}: use true, false or auto (default)")

@@ -18,7 +18,7 @@ from medqlora import compat
 from medqlora.data.chat import IGNORE_INDEX
 from medqlora.data.collate import sample_bounds
 from medqlora.hub import load_config
-from medqlora.model.attention import register as register_varlen
+from medqlora.model.attention import register as register_attention
 from medqlora.model.compile import compile_decoder_layers, missing_compiler
 from medqlora.model.distributed import clean_name, is_fsdp
 from medqlora.model.host_embedding import HostEmbedding, share_across_local_ranks
@@ -29,7 +29,7 @@ from medqlora.model.loss import LossOutput, chunked_lm_loss, full_logits_loss
 from medqlora.model.masks import packed_attention_masks
 from medqlora.model.optimizer import Optimizer, build_optimizer
 from medqlora.model.parts import embedded_inputs, lm_head, ple_rows_for, text_model
-from medqlora.model.plan import Form, RunFacts, StepPlan, plan_step
+from medqlora.model.plan import PER_SAMPLE, Form, RunFacts, StepPlan, plan_step
 from medqlora.model.step import TrainStep
 
 
@@ -117,8 +117,8 @@ class QLoRAModule(L.LightningModule):
             ple_on_host=self.lean.ple_on_host,
             attention="eager" if self.plan.attention == "eager" else "sdpa",
         )
-        if self.plan.attention == "varlen":  # the language model only: the towers keep theirs
-            text_model(base).set_attn_implementation(register_varlen())
+        if self.plan.attention in PER_SAMPLE:  # the language model only: the towers keep theirs
+            text_model(base).set_attn_implementation(register_attention(self.plan.attention))
         base.config.use_cache = False
         gc_kwargs = {"use_reentrant": False}
         if self.lean.upcast_frozen:

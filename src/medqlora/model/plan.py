@@ -79,6 +79,9 @@ class Conflict:
         return f"{self.settings.format(**values)}: {self.why}; {self.fix.format(**values)}"
 
 
+PER_SAMPLE = ("varlen", "flex")  # the attention choices that take the packed samples' bounds (model/attention.py)
+
+
 def _on(switch: bool | str) -> bool:
     """Explicitly on (`auto` is decided by `plan_step`, and never conflicts)."""
     return switch is True
@@ -92,35 +95,41 @@ CONFLICTS: list[Conflict] = [
         lambda lean, run: _on(lean.cuda_graph) and not lean.chunked_loss,
     ),
     Conflict(
-        "model.lean.cuda_graph=true needs model.lean.attention varlen or sdpa, not {attention!r}",
+        "model.lean.cuda_graph=true needs model.lean.attention varlen, flex or sdpa, not {attention!r}",
         "eager attention takes the masks transformers decides per batch on the host",
-        "set attention to varlen, sdpa or auto, or cuda_graph to false",
+        "set attention to varlen, flex, sdpa or auto, or cuda_graph to false",
         lambda lean, run: _on(lean.cuda_graph) and lean.attention == "eager",
     ),
     Conflict(
-        "model.lean.compile_layers=true needs model.lean.attention varlen or sdpa, not {attention!r}",
+        "model.lean.compile_layers=true needs model.lean.attention varlen, flex or sdpa, not {attention!r}",
         "eager attention takes the masks transformers decides per batch, so each layer variant would compile again "
         "mid-epoch",
-        "set attention to varlen, sdpa or auto, or compile_layers to false",
+        "set attention to varlen, flex, sdpa or auto, or compile_layers to false",
         lambda lean, run: _on(lean.compile_layers) and lean.attention == "eager",
     ),
     Conflict(
-        "model.lean.attention=varlen with data.packing=false",
+        "model.lean.attention={attention} with data.packing=false",
         "its samples are the packed rows' (from their position ids); padded rows would run SDPA inside compiled "
-        "layers built for varlen",
+        "layers built for per-sample attention",
         "set data.packing to true (the recipe's) or attention to sdpa or auto",
-        lambda lean, run: lean.attention == "varlen" and run is not None and run.packing is False,
+        lambda lean, run: lean.attention in PER_SAMPLE and run is not None and run.packing is False,
     ),
     Conflict(
-        "model.lean.attention=varlen on {device_type} with model.quantization.compute_dtype={compute_dtype!r}",
+        "model.lean.attention={attention} on {device_type} with model.quantization.compute_dtype={compute_dtype!r}",
         "FlashAttention-2, which the sliding-window layers run, takes bfloat16 or float16 only",
         "use compute_dtype bfloat16 (the recipe's) or attention sdpa or auto",
         lambda lean, run: (
-            lean.attention == "varlen"
+            lean.attention in PER_SAMPLE
             and run is not None
             and run.device_type == "cuda"
             and run.compute_dtype not in ("bfloat16", "float16")
         ),
+    ),
+    Conflict(
+        "model.lean.attention=flex on trainer.accelerator {device_type}",
+        "FlexAttention, which the full-attention layers run with it, has no backward off a GPU",
+        "train on a GPU, or set attention to varlen or auto",
+        lambda lean, run: lean.attention == "flex" and run is not None and run.device_type != "cuda",
     ),
     Conflict(
         "model.lean.loss_grad_in_forward=true needs model.lean.chunked_loss=true",
@@ -225,7 +234,7 @@ class StepPlan:
     """Everything the step would otherwise decide per call, fixed once at set-up.
 
     Args:
-        attention: `varlen`, `sdpa` or `eager` (model/attention.py; the latter two are transformers').
+        attention: `varlen`, `flex`, `sdpa` or `eager` (model/attention.py; the latter two are transformers').
         compile_layers: decoder layers run compiled (model/compile.py).
         cuda_graph: training micro-batches are captured and replayed (model/step.py).
         loss: `full_logits` (the plain path), `chunked`, or `chunked_grad_in_forward` (model/loss.py).
@@ -235,7 +244,7 @@ class StepPlan:
         evaluate: the form of a validation, test or predict forward.
     """
 
-    attention: Literal["varlen", "sdpa", "eager"] = "sdpa"
+    attention: Literal["varlen", "flex", "sdpa", "eager"] = "sdpa"
     compile_layers: bool = False
     cuda_graph: bool = False
     loss: Literal["full_logits", "chunked", "chunked_grad_in_forward"] = "chunked"
@@ -249,7 +258,7 @@ def plan_step(lean: LeanSpec, run: RunFacts) -> StepPlan:
     check_switches(lean, run)
     compiled, graphed = resolve_compile(lean, run), resolve_graph(lean, run)
     attention = resolve_attention(lean, run)
-    sdpa, varlen = attention == "sdpa", attention == "varlen"
+    sdpa, per_sample = attention == "sdpa", attention in PER_SAMPLE
     if not lean.chunked_loss:
         loss = "full_logits"
     else:
@@ -262,6 +271,6 @@ def plan_step(lean: LeanSpec, run: RunFacts) -> StepPlan:
         cuda_graph=graphed,
         loss=loss,
         backward_in_step=run.world_size == 1 and not run.fsdp,
-        train=Form(own_masks=(compiled or graphed) and sdpa, sample_bounds=varlen, fixed_shape=graphed),
-        evaluate=Form(own_masks=compiled and sdpa, sample_bounds=varlen),
+        train=Form(own_masks=(compiled or graphed) and sdpa, sample_bounds=per_sample, fixed_shape=graphed),
+        evaluate=Form(own_masks=compiled and sdpa, sample_bounds=per_sample),
     )
