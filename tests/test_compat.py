@@ -190,6 +190,13 @@ def test_compat_own_forward_and_decoder_layer_class(tiny_dir):
     assert list(inspect.signature(forward).parameters)[:3] == ["self", "hidden_states", "per_layer_input"]
 
 
+def test_compat_rms_norm_eps(tiny_dir):
+    """Every RMSNorm of the text model gives the config's epsilon, whichever attribute this release keeps it in."""
+    text = _tiny_text(tiny_dir)
+    norms = [m for m in text.modules() if type(m).__name__ == "Gemma4RMSNorm"]
+    assert norms and {compat.rms_norm_eps(m) for m in norms} == {text.config.rms_norm_eps}
+
+
 def test_compat_enable_activation_checkpointing(tiny_dir):
     from medqlora.model.parts import text_model
 

@@ -2,7 +2,7 @@
 and why there is no public route. Each has a test named `test_compat_<name>` (tests/test_compat.py) that fails when
 the library changes under it, so an upgrade breaks there first and not in the middle of a training run.
 
-Written against: lightning 2.6.6, torch 2.11 and 2.13, transformers 5.17 and 5.24, bitsandbytes 0.50.2.
+Written against: lightning 2.6.6, torch 2.11 and 2.13, transformers 5.17, 5.24 and 5.25, bitsandbytes 0.50.2.
 """
 
 from __future__ import annotations
@@ -177,6 +177,12 @@ def cache_kwarg(text_model: nn.Module) -> str:
     """The keyword the text model takes its KV cache under: transformers 5.17 says `past_key_values`, 5.2x `cache`
     (the old name still accepted there, with a deprecation warning)."""
     return "cache" if "cache" in inspect.signature(text_model.forward).parameters else "past_key_values"
+
+
+def rms_norm_eps(norm: nn.Module) -> float:
+    """Gemma 4's RMSNorm epsilon. It has no public accessor: the attribute is `eps` in transformers 5.17-5.24 and
+    `variance_epsilon` from 5.25."""
+    return norm.eps if hasattr(norm, "eps") else norm.variance_epsilon
 
 
 def decoder_layer_class() -> type[nn.Module]:

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medqlora import compat
 from medqlora.model.parts import unwrap
 
 
@@ -33,7 +34,7 @@ class FusedRMSNorm(nn.Module):
 
     def __init__(self, norm: nn.Module):
         super().__init__()
-        self.eps = norm.eps if hasattr(norm, "eps") else norm.variance_epsilon  # transformers 5.25 renamed it
+        self.eps = compat.rms_norm_eps(norm)
         weight = getattr(norm, "weight", None) if getattr(norm, "with_scale", True) else None
         self.weight = None if weight is None else nn.Parameter(weight.detach(), requires_grad=False)
 
