@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 
 import pytest
@@ -54,7 +55,7 @@ def test_data_card_counts_and_writes(built, tmp_path):
     card = json.loads((tmp_path / "data_card.json").read_text())
     assert card["seed"] == 5 and set(card["sources"]) == {"medqa", "o1", "alpacare"}
     for source in card["sources"].values():
-        assert source["loaded"] == source["available"] + sum(source["removed"].values())
+        assert source["available"] == source["usable"] + sum(source["removed"].values())
         assert 0 < source["supervised_token_share"] < 1
         assert source["token_length_percentiles"]["p50"] > 0
     assert card["totals"]["train"] == len(built.train_set)
@@ -72,10 +73,11 @@ def test_a_source_that_loses_every_row_is_an_error_unless_it_may(tiny_dir):
 
     sources = [replace(s, required=False) if s.name == "o1" else s for s in sample_sources()]
     dm = MedicalMixDataModule(sources=sources, max_length=100, micro_batch_size=2, seed=5)
-    with pytest.warns(UserWarning, match=r"source 'o1': \d+ of \d+ rows \(100%\) removed as too_long"):
-        dm.prepare_data()
-    removed = {name: s["removed_after_tokenising"]["train"] for name, s in dm.card.content["sources"].items()}
-    assert removed["o1"].get("too_long", 0) > 0  # o1's reasoning rows are the longest
+    dm.prepare_data()
+    assert any(
+        re.match(r"source 'o1': \d+ of \d+ rows \(100%\) removed as too_long", n) for n in dm.card.content["notices"]
+    )
+    assert dm.card.content["sources"]["o1"]["removed"]["too_long"] > 0  # o1's reasoning rows are the longest
     assert dm.card.content["sources"]["o1"]["train_rows"] == 0
     assert max(dm.train_set["length"]) <= 100
 
@@ -108,60 +110,60 @@ def test_bad_values_name_the_field(kwargs, message):
         MedicalMixDataModule(**{"max_length": 256, **kwargs})
 
 
-def test_more_than_half_lost_at_any_stage_is_named_with_reason_and_fix():
-    from medqlora.data.card import source_losses
+def test_more_than_half_lost_to_one_reason_is_named_with_reason_and_fix():
+    from medqlora.data.card import no_training_rows, notices
 
     def source(**counts):
-        return {
-            "loaded": 10,
-            "removed": {},
-            "drawn_train": 9,
-            "drawn_val": 1,
-            "removed_after_tokenising": {"train": {}, "val": {}},
-            "train_rows": 9,
-            **counts,
-        }
+        return {"available": 10, "removed": {}, "usable": 10, "train_rows": 9, "val_rows": 1, **counts}
 
     content = {
         "max_length": 256,
+        "val_fraction": 0.1,
+        "totals": {"train": 23, "val": 3},
         "sources": {
-            "kept": source(removed={"duplicate": 5}),  # half, not more: no word
-            "cleaned": source(removed={"empty_answer": 6}, drawn_train=4, drawn_val=0, train_rows=4),
-            "cut": source(removed_after_tokenising={"train": {"too_long": 8}, "val": {"too_long": 1}}, train_rows=1),
-            "gone": source(removed={"wrong_type": 10}, drawn_train=0, drawn_val=0, train_rows=0),
-            "optional": source(removed={"wrong_type": 10}, drawn_train=0, drawn_val=0, train_rows=0),
+            "kept": source(removed={"duplicate": 5}, usable=5),  # half, not more: no word
+            "cleaned": source(removed={"empty_answer": 6}, usable=4, train_rows=4, val_rows=1),
+            "cut": source(removed={"too_long": 9}, usable=1, train_rows=1, val_rows=0),
+            "gone": source(removed={"wrong_type": 10}, usable=0, train_rows=0, val_rows=0),
+            "optional": source(removed={"wrong_type": 10}, usable=0, train_rows=0, val_rows=0),
         },
     }
-    warnings, errors = source_losses(content, {"optional": False})
-    assert warnings[0] == (
+    said = notices(content)
+    assert said[0] == (
         "source 'cleaned': 6 of 10 rows (60%) removed as empty_answer; check the source's `columns:` map and its rows"
     )
-    assert warnings[1].startswith(
-        "source 'cut': 9 of 10 rows (90%) removed as too_long; raise data.max_length (now 256)"
+    assert said[1].startswith("source 'cut': 9 of 10 rows (90%) removed as too_long; raise data.max_length (now 256)")
+    assert said[2].startswith(
+        "source 'cut': no validation row (data.val_fraction=0.1 of its 1 usable rows rounds to 0)"
     )
-    assert [w.split(":")[0] for w in warnings] == [
+    assert [n.split(":")[0] for n in said] == [
         "source 'cleaned'",
+        "source 'cut'",
         "source 'cut'",
         "source 'gone'",
         "source 'optional'",
     ]
+    errors = no_training_rows({**content, "notices": said}, {"optional": False})
     assert len(errors) == 1 and errors[0].startswith("source 'gone' has no training row left (10 of 10 rows")
     assert "'cut'" not in errors[0], "the reasons are the source's own, not the previous source's"
 
 
 @pytest.mark.faults
-def test_no_validation_split_is_a_legal_choice_that_trains_and_says_so(tiny_dir, recwarn):
+def test_no_validation_split_is_a_legal_choice_that_trains_and_says_so(tiny_dir):
     dm = MedicalMixDataModule(max_length=256, micro_batch_size=2, seed=5, val_fraction=0.0)
     dm.setup("fit")
     assert len(dm.val_set) == 0 and len(dm.train_set) > 0
     assert list(dm.val_dataloader()) == [] and next(iter(dm.train_dataloader()))["input_ids"].shape[0] == 2
-    assert any("validation split is empty (data.val_fraction=0.0" in str(w.message) for w in recwarn)
+    assert dm.card.content["notices"] == [
+        "no validation rows: data.val_fraction is 0, so training runs without validation (no val/loss, no "
+        "adapter-best/, checkpoints keep the last step only); set data.val_fraction (recipe: 0.05) to validate"
+    ]
     assert all(source["val_rows"] == 0 for source in dm.card.content["sources"].values())
 
 
 @pytest.mark.faults
 @pytest.mark.parametrize("copies", [1, 10], ids=["one-row-source", "all-duplicates-source"])
-def test_a_source_of_one_row_or_of_one_row_repeated_trains_and_the_card_says_so(tiny_dir, tmp_path, recwarn, copies):
+def test_a_source_of_one_row_or_of_one_row_repeated_trains_and_the_card_says_so(tiny_dir, tmp_path, copies):
     """Both used to stop with `Column name ['labels', 'length', 'input_ids'] not in the dataset`."""
     from helpers import write_jsonl
 
@@ -178,13 +180,14 @@ def test_a_source_of_one_row_or_of_one_row_repeated_trains_and_the_card_says_so(
     card = dm.card.content["sources"]["lone"]
     assert (card["train_rows"], card["val_rows"]) == (1, 0)
     assert card["removed"] == ({"duplicate": copies - 1} if copies > 1 else {})
-    said = [str(w.message) for w in recwarn if "source 'lone'" in str(w.message)]
-    assert said == (
-        []
-        if copies == 1
-        else [
-            "medqlora data: source 'lone': 9 of 10 rows (90%) removed as duplicate; "
-            "the source repeats its own rows or another source's"
-        ]
+    said = [n for n in dm.card.content["notices"] if n.startswith("source 'lone'")]
+    duplicates = (
+        "source 'lone': 9 of 10 rows (90%) removed as duplicate; remove the repeated rows, or check the source's "
+        "`columns:` map (rows that read one empty or repeated column look identical)"
     )
+    no_validation = (
+        "source 'lone': no validation row (data.val_fraction=0.05 of its 1 usable rows rounds to 0), so its rows are "
+        "never validated; raise data.val_fraction or give it more rows"
+    )
+    assert said == ([] if copies == 1 else [duplicates]) + [no_validation]
     assert next(iter(dm.train_dataloader()))["input_ids"].shape[0] == 2

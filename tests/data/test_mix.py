@@ -62,7 +62,7 @@ def test_every_removal_is_counted_by_reason(sources, eval_set):
         "eval_contamination": 1,
     }
     for name, s in mix.stats.items():
-        assert s["loaded"] == s["available"] + sum(s["removed"].values()), name
+        assert s["available"] == s["usable"] + sum(s["removed"].values()), name
 
 
 def test_duplicates_are_removed_across_sources(tmp_path, sources):
@@ -128,7 +128,7 @@ def test_local_files_of_every_supported_format_load_through_datasets(tmp_path, s
     }[suffix]()
     spec = SourceSpec(name="local", format="instruction", path=str(path))
     mix = build_mix([spec], seed=0, val_fraction=0.1, reasoning="thinking")
-    assert mix.stats["local"]["loaded"] == 10 and mix.stats["local"]["available"] == 10
+    assert mix.stats["local"]["available"] == 10 and mix.stats["local"]["usable"] == 10
     assert sorted([*mix.train["user"], *mix.val["user"]]) == sorted(r["instruction"] for r in rows)
 
 

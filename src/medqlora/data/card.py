@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 
-from medqlora.data.chat import IGNORE_INDEX
 from medqlora.data.collate import LengthGroupedBatchSampler, PackingBatchSampler
 from medqlora.io import atomic_write_text
 from medqlora.runs import DATA_CARD
@@ -25,54 +24,52 @@ def padding_ratio(lengths: list[int], batches: list[list[int]], packed: bool, pa
 
 @dataclass
 class DataCard:
-    """Counts per source at each stage, token lengths, supervised share, padding, licences and seed."""
+    """Counts per source at each stage, token lengths, supervised share, padding, licences, seed and notices."""
 
     content: dict
 
     @classmethod
-    def from_run(cls, dm, mix, train_drops: dict, val_drops: dict) -> DataCard:
-        """Summarise a built MedicalMixDataModule (its splits, settings and the mix statistics)."""
-        sources = {}
+    def from_run(cls, dm, stats: dict[str, dict]) -> DataCard:
+        """Summarise a built MedicalMixDataModule: its splits, settings and what the mix did to each source
+        (`stats`: available, removed by reason, usable, target, train, val, upsampled)."""
+        train_sources = np.array(dm.train_set["source"] or [""])
+        lengths, supervised = np.array(dm.train_set["length"]), np.array(dm.train_set["supervised"])
         val_sources = dm.val_set["source"]
-        for name, stats in mix.stats.items():
-            rows = dm.train_set.filter(lambda r, n=name: r["source"] == n)
-            lengths = np.array(rows["length"] or [0])
-            supervised = sum(sum(1 for t in labels if t != IGNORE_INDEX) for labels in rows["labels"])
-            drawn = {"drawn_train": stats["train"], "drawn_val": stats["val"]}  # before tokenising
+        sources = {}
+        for name, s in stats.items():
+            mine = train_sources[: len(lengths)] == name
+            own = lengths[mine] if mine.any() else np.array([0])
             sources[name] = {
-                **{k: v for k, v in stats.items() if k not in ("train", "val")},
-                **drawn,
-                "removed_after_tokenising": {"train": train_drops.get(name, {}), "val": val_drops.get(name, {})},
-                "train_rows": len(rows),
-                "val_rows": val_sources.count(name),  # what is trained and validated on
-                "token_length_percentiles": {f"p{p}": int(np.percentile(lengths, p)) for p in (5, 50, 95, 100)},
-                "supervised_token_share": round(supervised / max(1, int(lengths.sum())), 4),
+                **{k: v for k, v in s.items() if k not in ("train", "val")},
+                "train_rows": int(mine.sum()),  # what is trained and validated on
+                "val_rows": val_sources.count(name),
+                "token_length_percentiles": {f"p{p}": int(np.percentile(own, p)) for p in (5, 50, 95, 100)},
+                "supervised_token_share": round(int(supervised[mine].sum()) / max(1, int(own.sum())), 4),
             }
-        lengths = dm.train_set["length"]
+        lengths = lengths.tolist()
         padded = LengthGroupedBatchSampler(lengths, dm.micro_batch_size, dm.seed, True, False).plan()
         grouped = LengthGroupedBatchSampler(lengths, dm.micro_batch_size, dm.seed, True, True).plan()
         packs = PackingBatchSampler(lengths, dm.pack_tokens, dm.seed, True).packs()
         totals = {"train": len(dm.train_set), "val": len(dm.val_set)}
-        return cls(
-            {
-                "seed": dm.seed,
-                "max_length": dm.max_length,
-                "reasoning": dm.reasoning,
-                "sample_policy": dm.sample_policy,
-                "val_fraction": dm.val_fraction,
-                "tokenizer": dm.tokenizer_name,
-                "totals": totals,
-                "recipe_target": RECIPE_TARGET,
-                "recipe_gap": {k: totals[k] - RECIPE_TARGET[k] for k in totals},
-                "padding_ratio": {
-                    "padded": padding_ratio(lengths, padded, False, 0),
-                    "padded_grouped_by_length": padding_ratio(lengths, grouped, False, 0),
-                    f"packed_{dm.pack_tokens}": padding_ratio(lengths, packs, True, dm.pack_tokens),
-                },
-                "layout": "packed" if dm.packing else "padded",
-                "sources": sources,
-            }
-        )
+        content = {
+            "seed": dm.seed,
+            "max_length": dm.max_length,
+            "reasoning": dm.reasoning,
+            "sample_policy": dm.sample_policy,
+            "val_fraction": dm.val_fraction,
+            "tokenizer": dm.tokenizer_name,
+            "totals": totals,
+            "recipe_target": RECIPE_TARGET,
+            "recipe_gap": {k: totals[k] - RECIPE_TARGET[k] for k in totals},
+            "padding_ratio": {
+                "padded": padding_ratio(lengths, padded, False, 0),
+                "padded_grouped_by_length": padding_ratio(lengths, grouped, False, 0),
+                f"packed_{dm.pack_tokens}": padding_ratio(lengths, packs, True, dm.pack_tokens),
+            },
+            "layout": "packed" if dm.packing else "padded",
+            "sources": sources,
+        }
+        return cls({**content, "notices": notices(content)})
 
     def markdown(self) -> str:
         """Human-readable card."""
@@ -88,21 +85,26 @@ class DataCard:
             f"recipe: {c['recipe_target']['train']} / {c['recipe_target']['val']} "
             f"(difference {c['recipe_gap']['train']:+d} / {c['recipe_gap']['val']:+d}).",
             "",
-            "| source | location | licence | loaded | removed | target | train rows | val rows | "
+            "Every filter runs before sampling: `usable` rows are what is left of `available` after the removals, and "
+            "`target` training rows are drawn from them.",
+            "",
+            "| source | location | licence | available | removed | usable | target | train rows | val rows | "
             "upsampled | p50 / p95 tokens | supervised share |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name, s in c["sources"].items():
-            removed = {**s["removed"], **{f"{k} (tokens)": v for k, v in tokenising_drops(s).items()}}
-            removed_text = ", ".join(f"{k} {v}" for k, v in removed.items()) or "none"
+            removed_text = ", ".join(f"{k} {v}" for k, v in s["removed"].items()) or "none"
             p = s["token_length_percentiles"]
             lines.append(
-                f"| {name} | `{s['location']}` | {s['license']} | {s['loaded']} | {removed_text} | "
+                f"| {name} | `{s['location']}` | {s['license']} | {s['available']} | {removed_text} | {s['usable']} | "
                 f"{s['target']} | {s['train_rows']} | {s['val_rows']} | {s['upsampled']} | "
                 f"{p['p50']} / {p['p95']} | {s['supervised_token_share']:.1%} |"
             )
         lines += ["", "Padding ratio (share of tensor slots holding no token):", ""]
         lines += [f"- {k}: {v:.1%}" for k, v in c["padding_ratio"].items()]
+        if c["notices"]:
+            lines += ["", "Notices (also printed when the data was prepared):", ""]
+            lines += [f"- {notice}" for notice in c["notices"]]
         return "\n".join(lines) + "\n"
 
     def write(self, directory: Path) -> None:
@@ -111,40 +113,56 @@ class DataCard:
         atomic_write_text(directory / f"{DATA_CARD}.md", self.markdown())
 
 
-def tokenising_drops(source: dict) -> dict[str, int]:
-    """A source's rows removed after tokenising, by reason, train and validation together."""
-    after = source["removed_after_tokenising"]
-    return {k: after["train"].get(k, 0) + after["val"].get(k, 0) for k in {**after["train"], **after["val"]}}
-
-
 FIXES = {
     "too_long": "raise data.max_length (now {max_length}) or set data.truncation: truncate",
     "no_supervised_tokens": "raise data.max_length (now {max_length}): the prompt fills it",
-    "duplicate": "the source repeats its own rows or another source's",
+    "duplicate": "remove the repeated rows, or check the source's `columns:` map (rows that read one empty or "
+    "repeated column look identical)",
     "eval_contamination": "it overlaps an evaluation set (data.decontaminate)",
-    "bad_options": "check that `input` holds 'Q: question {options}'",
+    "bad_options": "check that `input` holds 'Q: question {{options}}'",
 }
 DEFAULT_FIX = "check the source's `columns:` map and its rows"
+NO_VALIDATION = "training runs without validation (no val/loss, no adapter-best/, checkpoints keep the last step only)"
 
 
-def source_losses(content: dict, required: dict[str, bool]) -> tuple[list[str], list[str]]:
-    """(warnings, errors) from a data card: a warning for each source that loses more than half of the rows
-    entering a stage (converting and cleaning; tokenising) to one reason; an error for each required source
-    left with no training row."""
-    warnings, errors = [], []
+def notices(content: dict) -> list[str]:
+    """One line each for what a user would want to know before training on this data: a source that loses more
+    than half its rows to one reason (deduplication included), a source with no validation row, and a mix with no
+    validation rows at all; each names the source or setting, the count and the fix."""
+    lines, fraction = [], content["val_fraction"]
     for name, s in content["sources"].items():
-        stages = [(s["loaded"], s["removed"]), (s["drawn_train"] + s["drawn_val"], tokenising_drops(s))]
-        own = []
-        for entering, reasons in stages:
-            for reason, count in reasons.items():
-                if entering and count > entering / 2:
-                    fix = FIXES.get(reason, DEFAULT_FIX).format(max_length=content["max_length"])
-                    own.append(f"{count} of {entering} rows ({count / entering:.0%}) removed as {reason}; {fix}")
-        warnings += [f"source {name!r}: {text}" for text in own]
+        for reason, count in s["removed"].items():
+            if count > s["available"] / 2:
+                fix = FIXES.get(reason, DEFAULT_FIX).format(max_length=content["max_length"])
+                lines.append(
+                    f"source {name!r}: {count} of {s['available']} rows ({count / s['available']:.0%}) removed as "
+                    f"{reason}; {fix}"
+                )
+        if fraction > 0 and s["usable"] and not s["val_rows"] and content["totals"]["val"]:
+            lines.append(
+                f"source {name!r}: no validation row (data.val_fraction={fraction} of its {s['usable']} usable "
+                "rows rounds to 0), so its rows are never validated; raise data.val_fraction or give it more rows"
+            )
+    if not content["totals"]["val"]:
+        usable = sum(s["usable"] for s in content["sources"].values())
+        why = (
+            "data.val_fraction is 0"
+            if fraction == 0
+            else f"data.val_fraction={fraction} of {usable} usable rows rounds to 0 in every source"
+        )
+        lines.append(f"no validation rows: {why}, so {NO_VALIDATION}; set data.val_fraction (recipe: 0.05) to validate")
+    return lines
+
+
+def no_training_rows(content: dict, required: dict[str, bool]) -> list[str]:
+    """An error for each required source left with no training row, with the reasons it lost its rows."""
+    errors = []
+    for name, s in content["sources"].items():
         if s["train_rows"] == 0 and required.get(name, True):
+            own = [n.split(": ", 1)[1] for n in content["notices"] if n.startswith(f"source {name!r}: ")]
             why = "; ".join(own) if own else "no row survived"
             errors.append(
                 f"source {name!r} has no training row left ({why}). Fix it, or set `required: false` on "
                 "the source to train without it"
             )
-    return warnings, errors
+    return errors

@@ -53,14 +53,29 @@ def render_target(conv: Conversation) -> str:
 
 def encode(conv: Conversation, tokenizer, max_length: int, truncation: Truncation = "drop") -> Encoded:
     """Tokenise one conversation; raises ValueError('too_long' / 'no_supervised_tokens') to filter it."""
-    prompt = tokenizer(render_prompt(conv, tokenizer), add_special_tokens=False)["input_ids"]
-    target = tokenizer(render_target(conv), add_special_tokens=False)["input_ids"]
+    result = encode_many([conv], tokenizer, max_length, truncation)[0]
+    if isinstance(result, str):
+        raise ValueError(result)
+    return result
+
+
+def encode_many(
+    convs: list[Conversation], tokenizer, max_length: int, truncation: Truncation = "drop"
+) -> list[Encoded | str]:
+    """Tokenise conversations in one batched tokenizer call; each is its `Encoded` row or the reason it is dropped
+    (`too_long`, `no_supervised_tokens`)."""
+    prompts = tokenizer([render_prompt(c, tokenizer) for c in convs], add_special_tokens=False)["input_ids"]
+    targets = tokenizer([render_target(c) for c in convs], add_special_tokens=False)["input_ids"]
+    return [_join(prompt, target, max_length, truncation) for prompt, target in zip(prompts, targets)]
+
+
+def _join(prompt: list[int], target: list[int], max_length: int, truncation: Truncation) -> Encoded | str:
     if len(prompt) + len(target) > max_length:
         if truncation == "drop":
-            raise ValueError("too_long")
+            return "too_long"
         target = target[: max_length - len(prompt)]  # never cuts the prompt: inference sees all of it
     if not target:
-        raise ValueError("no_supervised_tokens")
+        return "no_supervised_tokens"
     return Encoded(input_ids=prompt + target, labels=[IGNORE_INDEX] * len(prompt) + target)
 
 

@@ -1,7 +1,7 @@
 """MedicalMixDataModule: the three-source mix as a LightningDataModule.
 
-raw rows -> conversations (mix.py) -> token ids + labels (chat.py) -> batches (collate.py). The
-tokenised splits are cached by `datasets` (keyed on sources, tokenizer, template, max length, seed).
+raw rows -> conversations (mix.py) -> token ids + labels (chat.py) -> batches (collate.py). The prepared splits
+are saved once and reused by an identical run (prepare.py: keyed on sources, tokenizer, settings and code).
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from typing import Literal
 
 import lightning as L
 import torch
-from datasets import Dataset, Features, Sequence, Value
-from lightning.pytorch.utilities import rank_zero_warn
+from datasets import Dataset
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
-from medqlora.data.card import DataCard, source_losses
-from medqlora.data.chat import Truncation, encode
+from medqlora.data.card import DataCard, no_training_rows
+from medqlora.data.chat import Truncation
 from medqlora.data.collate import (
     Collator,
     LengthGroupedBatchSampler,
@@ -26,20 +26,10 @@ from medqlora.data.collate import (
     PackingBatchSampler,
     ResumableDataLoader,
 )
-from medqlora.data.mix import EvalQuestions, SamplePolicy, benchmark_questions, build_mix
-from medqlora.data.sources import Conversation, ReasoningMode, SourceSpec
+from medqlora.data.mix import EvalQuestions, SamplePolicy, benchmark_questions
+from medqlora.data.prepare import MixSettings, prepare_mix
+from medqlora.data.sources import ReasoningMode, SourceSpec
 from medqlora.hub import load_tokenizer, max_positions
-
-ENCODED_COLUMNS = ("row_id", "source", "input_ids", "labels", "length")
-ENCODED_FEATURES = Features(
-    {
-        "row_id": Value("string"),
-        "source": Value("string"),
-        "input_ids": Sequence(Value("int32")),
-        "labels": Sequence(Value("int64")),
-        "length": Value("int64"),
-    }
-)  # of an empty split; a filled one gets whatever `map` infers
 
 
 def sample_sources() -> list[SourceSpec]:
@@ -152,51 +142,23 @@ class MedicalMixDataModule(L.LightningDataModule):
 
     def _build(self) -> None:
         self.tokenizer = self.tokenizer or load_tokenizer(self.tokenizer_name)
-        mix = build_mix(
-            self.sources,
-            seed=self.seed,
-            val_fraction=self.val_fraction,
+        settings = MixSettings(
+            max_length=self.max_length,
+            truncation=self.truncation,
             reasoning=self.reasoning,
             system_prompt=self.system_prompt,
-            policy=self.sample_policy,
-            decontaminate=self.decontaminate,
+            sample_policy=self.sample_policy,
+            val_fraction=self.val_fraction,
+            seed=self.seed,
         )
-        self.train_set, train_drops = self._encode(mix.train, "train")
-        self.val_set, val_drops = self._encode(mix.val, "val")
-        self.card = DataCard.from_run(self, mix, train_drops, val_drops)
-        if len(self.val_set) == 0:
-            rank_zero_warn(
-                f"medqlora data: the validation split is empty (data.val_fraction={self.val_fraction}, "
-                f"{len(self.train_set)} training rows): training runs without validation, so no val/loss, no "
-                "adapter-best/, and checkpoints keep the last step only; raise data.val_fraction to validate"
-            )
-        warnings, errors = source_losses(self.card.content, {s.name: s.required for s in self.sources})
-        for warning in warnings:
-            rank_zero_warn(f"medqlora data: {warning}")
+        prepared = prepare_mix(self.sources, self.decontaminate, self.tokenizer, settings)
+        self.train_set, self.val_set = prepared.train, prepared.val
+        self.card = DataCard.from_run(self, prepared.stats)
+        for notice in self.card.content["notices"]:
+            rank_zero_info(f"medqlora data: {notice}")
+        errors = no_training_rows(self.card.content, {s.name: s.required for s in self.sources})
         if errors:
             raise ValueError(" | ".join(errors))
-
-    def _encode(self, convs: Dataset, split: str) -> tuple[Dataset, dict[str, dict[str, int]]]:
-        tokenizer, max_length, truncation = self.tokenizer, self.max_length, self.truncation
-        if len(convs) == 0:  # `map` adds no columns to an empty split (a legal one: val_fraction 0, or tiny data)
-            return Dataset.from_dict({c: [] for c in ENCODED_COLUMNS}, features=ENCODED_FEATURES), {}
-
-        def tokenise(row: dict) -> dict:
-            conv = Conversation(row["user"], row["answer"], row["reasoning"], row["system"])
-            try:
-                enc = encode(conv, tokenizer, max_length, truncation)
-            except ValueError as err:
-                return {"input_ids": [], "labels": [], "length": 0, "drop_reason": str(err)}
-            return {"input_ids": enc.input_ids, "labels": enc.labels, "length": len(enc.input_ids), "drop_reason": None}
-
-        encoded = convs.map(tokenise, desc=f"{split}: conversations -> tokens")
-        drops: dict[str, dict[str, int]] = {}
-        for source, reason in zip(encoded["source"], encoded["drop_reason"]):
-            if reason:
-                drops.setdefault(source, {}).setdefault(reason, 0)
-                drops[source][reason] += 1
-        kept = encoded.filter(lambda r: r["drop_reason"] is None, desc=f"{split}: drop unusable rows")
-        return kept.select_columns(list(ENCODED_COLUMNS)), drops
 
     # -- loaders ------------------------------------------------------------------------------------
     def batch_sampler(self, data: Dataset, shuffle: bool):

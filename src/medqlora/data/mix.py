@@ -1,18 +1,22 @@
-"""Load the sources, turn rows into conversations, clean, dedupe, decontaminate, sample and split.
+"""Load the sources, turn rows into conversations, clean, decontaminate, filter, dedupe, sample and split.
 
-Everything here is seeded and order-preserving, so the same sources and seed give byte-identical
-train/validation rows on any machine. Every row removed is counted under a reason for the data card.
+Every filter runs before sampling, so a source's `target` counts usable rows: conversion errors, evaluation
+questions, the caller's tokenising stage (rows over `max_length`) and duplicates are all removed first. Everything
+is seeded and order-preserving, so the same sources and seed give byte-identical train/validation rows on any
+machine. Every row removed is counted under a reason for the data card.
 """
 
 from __future__ import annotations
 
+import os
 import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from datasets import Dataset, concatenate_datasets
+from datasets import Dataset, Features, Value, concatenate_datasets
 
 from medqlora.data.benchmarks import BENCHMARK_LOCATIONS
 from medqlora.data.location import Location, diagnose_file, load_rows
@@ -25,7 +29,18 @@ from medqlora.data.sources import (
 )
 
 SamplePolicy = Literal["all", "upsample"]
-CONVERSATION_COLUMNS = ["row_id", "source", "system", "user", "reasoning", "answer", "qkey", "drop_reason"]
+# every column a map writes is typed: a type inferred from the first written batch (all None: null) breaks on a
+# later batch that has a value (datasets 4: "Couldn't cast array of type string to null"; 5: "Couldn't write column")
+CONVERSATION_FEATURES = Features(
+    {
+        name: Value("bool") if name == "contaminated" else Value("string")
+        for name in ("row_id", "source", "system", "user", "reasoning", "answer", "qkey", "contaminated", "drop_reason")
+    }
+)
+PARALLEL_ROWS = 20_000  # a source at least this long is mapped in several processes (below, starting them costs more)
+Stage = Callable[[Dataset, str], Dataset]
+"""The caller's filtering stage (tokenising): candidate conversation rows and a progress label -> its rows, one per
+candidate in order, each with a `drop_reason` (None to keep) and whatever columns it adds."""
 
 
 @dataclass(kw_only=True)
@@ -42,6 +57,12 @@ class EvalQuestions(Location):
     column: str = "question"
     split: str = "test"
     label: ClassVar[str] = "eval set"
+
+
+def num_proc_for(rows: int) -> int | None:
+    """Processes for mapping `rows` rows: every core for a large source, one (None) for a small one."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return cores if rows >= PARALLEL_ROWS and cores > 1 else None
 
 
 def benchmark_questions() -> list[EvalQuestions]:
@@ -73,16 +94,25 @@ def load_source(spec: SourceSpec) -> Dataset:
     return rows
 
 
-def conversations(rows: Dataset, spec: SourceSpec, reasoning: ReasoningMode, system_prompt: str | None) -> Dataset:
-    """Rows -> conversation columns; rows that cannot convert keep a `drop_reason`."""
+def conversations(
+    rows: Dataset,
+    spec: SourceSpec,
+    reasoning: ReasoningMode,
+    system_prompt: str | None,
+    eval_index: QuestionIndex | None = None,
+    num_proc: int | None = None,
+) -> Dataset:
+    """Rows -> conversation columns; a row that cannot convert keeps a `drop_reason`, and one that holds a whole
+    question of `eval_index` anywhere in its text is marked `contaminated`."""
+    check_contamination = eval_index is not None and bool(eval_index.lengths)
 
     def convert(row: dict, index: int) -> dict:
-        out = dict.fromkeys(CONVERSATION_COLUMNS, None)
-        out.update(row_id=f"{spec.name}:{index}", source=spec.name)
+        out = {**dict.fromkeys(CONVERSATION_FEATURES), "row_id": f"{spec.name}:{index}", "source": spec.name}
         try:
             conv = to_conversation(row, spec, reasoning, system_prompt)
         except RowError as err:
-            return {**out, "drop_reason": err.reason}
+            return {**out, "contaminated": False, "drop_reason": err.reason}
+        text = " ".join(part or "" for part in (conv.user, conv.reasoning, conv.answer))
         return {
             **out,
             "system": conv.system,
@@ -90,11 +120,17 @@ def conversations(rows: Dataset, spec: SourceSpec, reasoning: ReasoningMode, sys
             "reasoning": conv.reasoning,
             "answer": conv.answer,
             "qkey": normalise_question(conv.user),
+            "contaminated": check_contamination and eval_index.contains(normalise_question(text)),
         }
 
     try:
         return rows.map(
-            convert, with_indices=True, remove_columns=rows.column_names, desc=f"{spec.name}: rows -> conversations"
+            convert,
+            with_indices=True,
+            remove_columns=rows.column_names,
+            features=CONVERSATION_FEATURES,
+            num_proc=num_proc,
+            desc=f"{spec.name}: rows -> conversations",
         )
     except Exception as err:  # e.g. a byte that is not UTF-8, met only when the text is read
         problem = diagnose_file(Path(spec.path)) if spec.path and Path(spec.path).is_file() else None
@@ -124,7 +160,7 @@ class QuestionIndex:
 
     def __init__(self, keys: set[str]):
         self.by_prefix: dict[tuple[str, ...], list[tuple[str, ...]]] = {}
-        for key in keys:
+        for key in sorted(keys):  # one order in every process: the conversion map's cache key hashes this index
             words = tuple(key.split())
             self.by_prefix.setdefault(words[: self.PREFIX_WORDS], []).append(words)
         self.lengths = sorted({len(prefix) for prefix in self.by_prefix})
@@ -149,11 +185,14 @@ def build_mix(
     system_prompt: str | None = None,
     policy: SamplePolicy = "all",
     decontaminate: list[EvalQuestions] | None = None,
+    stage: Stage | None = None,
 ) -> MixResult:
-    """The whole mix: per source load -> convert -> filter -> dedupe (across sources) -> sample -> split.
+    """The whole mix: per source load -> convert -> decontaminate -> `stage` (tokenising: rows over max_length)
+    -> dedupe (across sources) -> sample -> split.
 
-    `target` counts training rows; validation rows are drawn on top at `val_fraction` of the total, and
-    only training rows are ever repeated (`policy="upsample"`), so no validation row is trained on.
+    `target` counts usable training rows: every filter runs first, so a source with at least `target` usable rows
+    gives exactly `target`. Validation rows are drawn on top at `val_fraction` of the total, and only training rows
+    are ever repeated (`policy="upsample"`), so no validation row is trained on.
     """
     names = [s.name for s in sources]
     if len(set(names)) != len(names):
@@ -162,39 +201,46 @@ def build_mix(
     seen: set[str] = set()
     train_parts, val_parts, stats = [], [], {}
     for spec in sources:
-        convs = conversations(load_source(spec), spec, reasoning, system_prompt)
+        loaded = load_source(spec)
+        convs = conversations(loaded, spec, reasoning, system_prompt, eval_index, num_proc_for(len(loaded)))
         reasons = Counter(r for r in convs["drop_reason"] if r)
-        keep: list[int] = []
-        texts = zip(convs["user"], convs["reasoning"], convs["answer"])
-        for i, (reason, qkey, parts) in enumerate(zip(convs["drop_reason"], convs["qkey"], texts)):
+        flags = zip(convs["drop_reason"], convs["contaminated"])
+        candidates = [i for i, (reason, contaminated) in enumerate(flags) if not reason and not contaminated]
+        reasons["eval_contamination"] = len(convs) - sum(reasons.values()) - len(candidates)
+        rows = convs.select(candidates)
+        qkeys = rows["qkey"]
+        if stage is not None:
+            rows = stage(rows, spec.name)
+        usable: list[int] = []
+        for i, (reason, qkey) in enumerate(zip(rows["drop_reason"], qkeys)):
             if reason:
-                continue
-            if qkey in seen:
+                reasons[reason] += 1
+            elif qkey in seen:
                 reasons["duplicate"] += 1
-            elif eval_index.lengths and eval_index.contains(normalise_question(" ".join(p or "" for p in parts))):
-                reasons["eval_contamination"] += 1
             else:
                 seen.add(qkey)
-                keep.append(i)
+                usable.append(i)
         rng = random.Random(f"{seed}:{spec.name}")
-        rng.shuffle(keep)
-        n_train_avail = len(keep) - round(len(keep) * val_fraction)
+        rng.shuffle(usable)
+        n_train_avail = len(usable) - round(len(usable) * val_fraction)
         n_train = n_train_avail if spec.target is None else min(spec.target, n_train_avail)
-        n_val = min(len(keep) - n_train, round(n_train * val_fraction / (1 - val_fraction)))
-        val_idx, train_idx = keep[:n_val], keep[n_val : n_val + n_train]
+        n_val = min(len(usable) - n_train, round(n_train * val_fraction / (1 - val_fraction)))
+        val_idx, train_idx = usable[:n_val], usable[n_val : n_val + n_train]
         if policy == "upsample" and spec.target and spec.target > len(train_idx) and train_idx:
             train_idx = train_idx + [rng.choice(train_idx) for _ in range(spec.target - len(train_idx))]
-        train_parts.append(convs.select(train_idx))
-        val_parts.append(convs.select(val_idx))
+        train_parts.append(rows.select(train_idx))
+        val_parts.append(rows.select(val_idx))
         stats[spec.name] = {
             "location": spec.location,
             "license": spec.license,
             "target": spec.target,
-            "loaded": len(convs),
-            "removed": dict(sorted(reasons.items())),
-            "available": len(keep),
+            "available": len(convs),
+            "removed": {reason: n for reason, n in sorted(reasons.items()) if n},
+            "usable": len(usable),
             "train": len(train_idx),
             "val": len(val_idx),
             "upsampled": max(0, len(train_idx) - n_train),
         }
-    return MixResult(concatenate_datasets(train_parts), concatenate_datasets(val_parts), stats)
+    internal = [c for c in ("qkey", "contaminated", "drop_reason") if c in train_parts[0].column_names]
+    train, val = (concatenate_datasets(parts).remove_columns(internal) for parts in (train_parts, val_parts))
+    return MixResult(train, val, stats)

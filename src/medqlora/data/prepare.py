@@ -1,0 +1,162 @@
+"""The prepared mix: sources -> tokenised, filtered, sampled train/validation splits, built once and reused.
+
+`prepare_mix` runs the whole data path (mix.py, with chat.py's tokenising as its filtering stage) and saves the two
+splits and their statistics under the datasets cache, keyed by a fingerprint of everything the result depends on:
+each source's entry and rows (datasets' fingerprint of the loaded files or hub revision), the evaluation sets, the
+tokenizer (vocabulary, special tokens, chat template), the data settings and the data code itself. Any change builds
+anew; an identical run reads the saved splits, memory-mapped, in about a second. Written by hand because datasets
+caches each `map` on its own, and the mix's Python steps (dedupe, sampling) around them cost minutes at the
+recipe's size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from datasets import Dataset, Features, Sequence, Value
+from datasets.fingerprint import Hasher
+
+from medqlora.data import chat, location, mix, sources
+from medqlora.data.chat import Truncation, encode_many
+from medqlora.data.mix import EvalQuestions, SamplePolicy, Stage, build_mix, num_proc_for
+from medqlora.data.sources import Conversation, ReasoningMode, SourceSpec
+
+ENCODED_FEATURES = Features(
+    {
+        "row_id": Value("string"),
+        "source": Value("string"),
+        "input_ids": Sequence(Value("int32")),
+        "labels": Sequence(Value("int32")),
+        "length": Value("int32"),
+        "supervised": Value("int32"),  # tokens with a label: the data card's supervised share without reading labels
+        "drop_reason": Value("string"),
+    }
+)
+DATA_CODE = (sources, location, mix, chat)  # with this file: a change to any of them builds the mix anew
+
+
+@dataclass(frozen=True)
+class MixSettings:
+    """Every data setting the prepared rows depend on (the batch layout is not one: packing reads the splits)."""
+
+    max_length: int
+    truncation: Truncation = "drop"
+    reasoning: ReasoningMode = "thinking"
+    system_prompt: str | None = None
+    sample_policy: SamplePolicy = "all"
+    val_fraction: float = 0.05
+    seed: int = 42
+
+
+@dataclass
+class PreparedMix:
+    """The tokenised splits (columns of `ENCODED_FEATURES` but `drop_reason`), what happened to every source's rows,
+    and whether they were read from an earlier identical preparation."""
+
+    train: Dataset
+    val: Dataset
+    stats: dict[str, dict]
+    reused: bool = False
+
+
+def tokenising_stage(tokenizer, max_length: int, truncation: Truncation, key: str) -> Stage:
+    """Conversation rows -> token ids, labels, lengths and a `drop_reason` (too_long, no_supervised_tokens), in
+    batches through the fast tokenizer. `key` (the tokenizer's and settings' fingerprint) names the map's cache."""
+
+    def tokenise(batch: dict[str, list]) -> dict[str, list]:
+        convs = [
+            Conversation(user, answer, reasoning, system)
+            for user, answer, reasoning, system in zip(
+                batch["user"], batch["answer"], batch["reasoning"], batch["system"]
+            )
+        ]
+        out: dict[str, list] = {"input_ids": [], "labels": [], "length": [], "supervised": [], "drop_reason": []}
+        for result in encode_many(convs, tokenizer, max_length, truncation):
+            dropped = isinstance(result, str)
+            ids, labels = ([], []) if dropped else (result.input_ids, result.labels)
+            out["input_ids"].append(ids)
+            out["labels"].append(labels)
+            out["length"].append(len(ids))
+            out["supervised"].append(len(labels) - labels.count(chat.IGNORE_INDEX))
+            out["drop_reason"].append(result if dropped else None)
+        return out
+
+    def stage(rows: Dataset, name: str) -> Dataset:
+        if len(rows) == 0:  # `map` adds no columns to an empty dataset
+            return Dataset.from_dict({column: [] for column in ENCODED_FEATURES}, features=ENCODED_FEATURES)
+        return rows.map(
+            tokenise,
+            batched=True,
+            remove_columns=[c for c in rows.column_names if c not in ("row_id", "source")],
+            features=ENCODED_FEATURES,
+            num_proc=num_proc_for(len(rows)),
+            new_fingerprint=Hasher.hash([rows._fingerprint, key]),  # hashing the closure would pickle the tokenizer
+            desc=f"{name}: conversations -> tokens",
+        )
+
+    return stage
+
+
+def fingerprint(
+    sources: list[SourceSpec], decontaminate: list[EvalQuestions], tokenizer, settings: MixSettings
+) -> tuple[str, str]:
+    """(the prepared mix's key: everything the splits depend on; the tokenising key: what token ids depend on, so
+    another seed or target reuses the tokenised rows). Reads each source's rows through datasets (from its cache
+    when already read), so an edited file gives another key."""
+    files = [Path(m.__file__) for m in DATA_CODE] + [Path(__file__)]
+    code = hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
+    tokens = Hasher.hash([Hasher.hash(tokenizer), settings.max_length, settings.truncation, code])
+
+    def rows_of(where, label: str) -> dict:
+        return {**asdict(where), "rows": location.load_rows(where, f"{label} {where.name!r}")._fingerprint}
+
+    sets = [rows_of(s, "source") for s in sources] + [rows_of(e, "eval set") for e in decontaminate]
+    return Hasher.hash([tokens, asdict(settings), json.dumps(sets, sort_keys=True, default=str)]), tokens
+
+
+def prepare_mix(
+    sources: list[SourceSpec],
+    decontaminate: list[EvalQuestions],
+    tokenizer,
+    settings: MixSettings,
+    cache_root: Path | None = None,
+) -> PreparedMix:
+    """The mix's tokenised splits and statistics: read from `cache_root` (default: the datasets cache's `medqlora/`
+    folder) when an identical preparation saved them, else built and saved there (atomically: a second process
+    preparing the same mix at the same time only makes its own copy)."""
+    from datasets import config
+
+    key, tokens_key = fingerprint(sources, decontaminate, tokenizer, settings)
+    root = Path(cache_root or Path(config.HF_DATASETS_CACHE) / "medqlora")
+    saved = root / f"mix-{key}"
+    if (saved / "stats.json").is_file():
+        stats = json.loads((saved / "stats.json").read_text())
+        return PreparedMix(Dataset.load_from_disk(saved / "train"), Dataset.load_from_disk(saved / "val"), stats, True)
+    result = build_mix(
+        sources,
+        seed=settings.seed,
+        val_fraction=settings.val_fraction,
+        reasoning=settings.reasoning,
+        system_prompt=settings.system_prompt,
+        policy=settings.sample_policy,
+        decontaminate=decontaminate,
+        stage=tokenising_stage(tokenizer, settings.max_length, settings.truncation, tokens_key),
+    )
+    partial = root / f".{saved.name}.{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    for split, rows in (("train", result.train), ("val", result.val)):
+        rows.save_to_disk(partial / split, num_shards=1 if len(rows) == 0 else None)  # 0 shards would not load
+    (partial / "stats.json").write_text(json.dumps(result.stats, indent=1))
+    try:
+        partial.rename(saved)
+    except OSError:  # another process saved the same preparation first
+        shutil.rmtree(partial, ignore_errors=True)
+    if not saved.is_dir():
+        raise OSError(f"could not save the prepared mix in {saved}")
+    train, val = Dataset.load_from_disk(saved / "train"), Dataset.load_from_disk(saved / "val")
+    return PreparedMix(train, val, json.loads((saved / "stats.json").read_text()))
