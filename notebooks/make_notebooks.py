@@ -41,6 +41,29 @@ for source in ("medqa", "o1"):
     row = data.train_set.filter(lambda r, s=source: r["source"] == s)[0]
     print(f"--- {source} ---")
     print(show_supervision(data.tokenizer, row["input_ids"], row["labels"]))"""),
+    new_markdown_cell(
+        "### Your own data: multi-turn chat\n\nA `chat` source reads a `messages` column (any number of "
+        "system, user and assistant turns; ShareGPT's `conversations`/`from`/`value` map in one YAML entry). Every "
+        "assistant turn is trained, each as its own sample: the template's own prompt for the conversation so far, "
+        "then that turn and `<turn|>` (Gemma 4's template renders earlier turns without their thought channel, so "
+        "one sequence could not hold every turn as inference sees it). Here a two-turn dialogue: two samples, the "
+        "supervised part of each in «guillemets»."
+    ),
+    new_code_cell("""from medqlora.data.chat import encode_many
+from medqlora.data.sources import SourceSpec, to_conversation
+
+dialogue = {"messages": [
+    {"role": "user", "content": "A 45-year-old man has a hot swollen first toe joint. What is it?"},
+    {"role": "assistant", "content": "Most likely acute gout."},
+    {"role": "user", "content": "And the first-line treatment?"},
+    {"role": "assistant", "content": "Colchicine.", "reasoning": "A flare, no kidney disease: colchicine or an NSAID."},
+]}
+spec = SourceSpec(name="mine", format="chat", hub_id="you/your-dialogues")
+conversation = to_conversation(dialogue, spec, reasoning="thinking")
+(encoded,) = encode_many([conversation], data.tokenizer, max_length=512)
+for number, sample in enumerate(encoded.samples, 1):
+    print(f"--- sample {number} of {len(encoded.samples)} ---")
+    print(show_supervision(data.tokenizer, sample.input_ids, sample.labels))"""),
     new_markdown_cell("## Train\n\nThe same objects the CLI builds from `configs/tiny.yaml`."),
     new_code_cell("""import lightning as L
 from lightning.pytorch.loggers import CSVLogger

@@ -18,13 +18,13 @@ from medqlora.model.module import LeanSpec, QLoRAModule
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "gemma4-e2b-medical.yaml"
 
 CONVERSATIONS = [
-    Conversation(user="Name the first-line treatment for gout.", answer="Colchicine is first-line."),
-    Conversation(
+    Conversation.single(user="Name the first-line treatment for gout.", answer="Colchicine is first-line."),
+    Conversation.single(
         user="What confirms hypothyroidism?",
         answer="A raised serum TSH.",
         reasoning="Fatigue and weight gain suggest it; TSH confirms.",
     ),
-    Conversation(user="Treat anaphylaxis how?", answer="Intramuscular epinephrine.", system="Be brief."),
+    Conversation.single(user="Treat anaphylaxis how?", answer="Intramuscular epinephrine.", system="Be brief."),
 ]
 
 

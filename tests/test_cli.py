@@ -81,7 +81,8 @@ def test_tiny_fast_dev_run(tmp_path, monkeypatch, subcommand):
             cli = run([subcommand, "--config", str(TINY), "--trainer.fast_dev_run", "2"])
     assert cli.trainer.state.finished
     if subcommand == "predict":
-        assert cli.trainer.predict_loop.predictions[0]["preds"].numel() > 0
+        rows = cli.trainer.predict_loop.predictions[0]
+        assert rows and {"row_id", "supervised_tokens", "accuracy", "prediction", "target"} <= set(rows[0])
 
 
 def _run_dir() -> Path:
@@ -115,7 +116,9 @@ def test_tiny_fit_writes_a_run_directory_and_resumes(tmp_path, monkeypatch):
     assert checkpoint["state_dict"] and all("lora_" in k for k in checkpoint["state_dict"])
     assert 1 <= checkpoint["global_step"] <= 3  # saved at a validation before max_steps
 
-    first_wall = json.loads((run_dir / "memory.json").read_text())["wall_time_s"]
+    # the wall time counted up to that checkpoint (its PeakMemory state): a resume continues from there
+    saved_wall = next(v["wall_time_s"] for k, v in checkpoint["callbacks"].items() if "PeakMemory" in k)
+    assert 0 < saved_wall <= json.loads((run_dir / "memory.json").read_text())["wall_time_s"]
     cli = run(
         [
             "fit",
@@ -132,7 +135,7 @@ def test_tiny_fit_writes_a_run_directory_and_resumes(tmp_path, monkeypatch):
     assert _run_dir() == run_dir, "a resumed run continues in its own run directory"
     steps = [int(r["step"]) for r in csv.DictReader(open(run_dir / "metrics.csv")) if r["train/loss"]]
     assert steps == sorted(set(steps)) and steps[0] == 0 and steps[-1] == 4, steps  # whole, no step twice
-    assert json.loads((run_dir / "memory.json").read_text())["wall_time_s"] > first_wall
+    assert json.loads((run_dir / "memory.json").read_text())["wall_time_s"] > saved_wall
 
 
 @pytest.mark.parametrize(
@@ -321,6 +324,31 @@ def test_evaluation_subcommands_write_no_adapter_and_name_their_folder(tmp_path,
         assert not any(h.startswith("val/") for h in header) or prefix == "val"
 
 
+def test_predict_writes_a_line_per_validation_row_and_test_scores_its_own_split(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    checkpoint = str(_trained_run() / "checkpoints" / "last.ckpt")
+    cli = run(["predict", "--config", str(TINY), "--ckpt_path", checkpoint])
+    (made,) = Path("runs/tiny").glob("predict-*")
+    lines = [json.loads(line) for line in (made / "predictions.jsonl").read_text().splitlines()]
+    assert sorted(row["row_id"] for row in lines) == sorted(cli.datamodule.val_set["row_id"])  # every row, once
+    assert all(row["supervised_tokens"] > 0 and row["target"].endswith("<turn|>") for row in lines)
+    assert all(0 <= row["accuracy"] <= 1 for row in lines)
+    assert f"predictions for {len(lines)} rows written to {made / 'predictions.jsonl'}" in caplog.text
+    caplog.clear()
+
+    held_out = ["--data.test_fraction", "0.1"]
+    cli = run(["test", "--config", str(TINY), "--ckpt_path", checkpoint, *held_out])
+    split, rows = cli.datamodule.test_split()
+    assert split == "test" and len(rows) > 0
+    trained_or_validated = set(cli.datamodule.train_set["row_id"]) | set(cli.datamodule.val_set["row_id"])
+    assert not set(rows["row_id"]) & trained_or_validated
+    assert "test on the test split: test/acc" in caplog.text
+    caplog.clear()
+    cli = run(["test", "--config", str(TINY), "--ckpt_path", checkpoint])
+    assert cli.datamodule.test_split()[0] == "val"
+    assert "test on the validation split: test/acc" in caplog.text
+
+
 def test_the_recipe_runs_on_local_files_with_the_shipped_overlay(tmp_path, monkeypatch):
     """configs/local-files.yaml over the recipe: each path replaces its source's hub id (no `hub_id: null` needed)."""
     monkeypatch.chdir(tmp_path)
@@ -367,7 +395,7 @@ def test_the_recipe_runs_on_local_files_with_the_shipped_overlay(tmp_path, monke
 @pytest.mark.faults
 def test_two_runs_started_in_the_same_second_get_two_run_directories(tmp_path, monkeypatch):
     """The other run took this second's directory first: this one reserves the next name, and leaves that one be."""
-    import medqlora.cli as cli_module
+    import medqlora.training_cli as cli_module
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(cli_module.time, "strftime", lambda fmt: "20261201-120000")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,8 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from medqlora.cli import TRAINING_COMMANDS, main
-from medqlora.commands import COMMANDS
+from medqlora.cli import main
+from medqlora.usage import COMMANDS, TRAINING_COMMANDS
 
 TINY = REPO / "configs" / "tiny.yaml"
 SCRIPT = Path(sys.executable).with_name("medqlora")  # what `pip install` put beside this interpreter
@@ -41,18 +42,20 @@ def test_fit_and_validate_exit_0_and_print_no_object(tmp_path):
     for noise in ("Tip:", "litlogger", "Warning:", "deprecated", "on_before_batch_transfer", "`weights_only`"):
         assert noise not in fit.stdout + fit.stderr, noise
     checkpoint = next(tmp_path.glob("runs/tiny/*/checkpoints/last.ckpt"))
-    validate = medqlora(
-        "validate",
-        "--config",
-        str(TINY),
-        "--ckpt_path",
-        str(checkpoint),
-        "--trainer.limit_val_batches",
-        "1",
-        cwd=tmp_path,
-    )
-    assert validate.returncode == 0, validate.stderr[-2000:]
-    assert "object at 0x" not in validate.stdout + validate.stderr
+    lightning_notices = ("dirpath has changed", "custom batch sampler", "exists and is not empty")  # quiet.py
+    for command, said in [
+        (["validate", "--trainer.limit_val_batches", "1"], "medqlora: validate on the validation split: val/acc"),
+        (["predict", "--trainer.limit_predict_batches", "1"], "medqlora: predictions for "),
+        (["fit", "--trainer.max_steps", "3"], "medqlora: adapter written to"),  # a resume of the same run
+    ]:
+        done = medqlora(
+            command[0], "--config", str(TINY), "--ckpt_path", str(checkpoint), *command[1:], cwd=tmp_path,
+            env={"PYTHONWARNINGS": ""},
+        )  # fmt: skip
+        output = done.stdout + done.stderr
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "object at 0x" not in output and said in output, (command, output[-2000:])
+        assert not [n for n in lightning_notices if n in output], (command, output[-2000:])
 
 
 @pytest.mark.faults
@@ -129,9 +132,11 @@ def test_a_signal_while_the_libraries_import_stops_with_one_line_and_128_plus_n(
     started.send_signal(signum)
     err = started.communicate(timeout=120)[1]
     assert started.returncode == 128 + signum, err[-2000:]
-    assert err.strip().splitlines() == [
+    *before, last = err.strip().splitlines()
+    assert last == (
         f"medqlora: stopped by {signal.Signals(signum).name} (a fit saves interrupted.ckpt once training has begun)"
-    ]
+    )
+    assert before in ([], ["medqlora fit: starting (loading torch, Lightning and transformers)"])  # nothing else
     assert not (tmp_path / "runs").exists()
 
 
@@ -169,3 +174,29 @@ def test_a_working_directory_nobody_may_write_is_one_line_with_the_fix():
     assert (
         line.startswith("medqlora: error: cannot write runs (") and "run medqlora from a folder you can write" in line
     )
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["eval", "--help"], ["curves", "--help"], ["bogus"]])
+def test_help_version_and_usage_errors_answer_without_loading_torch(args):
+    """They answer from medqlora/usage.py and commands.py alone (benchmarks/bench_startup.py times them)."""
+    probe = f"import sys; from medqlora.cli import main; main({args!r}); print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip().splitlines()[-1] == "False", done.stdout + done.stderr
+
+
+def test_a_training_command_says_it_is_starting_before_the_imports(tmp_path):
+    done = medqlora("fit", "--config", str(TINY), "--print_config", cwd=tmp_path)
+    assert done.returncode == 0
+    assert done.stderr.splitlines()[0] == "medqlora fit: starting (loading torch, Lightning and transformers)"
+
+
+def test_generate_prints_the_answer_and_json_on_request(tmp_path):
+    fit = medqlora("fit", "--config", str(TINY), "--trainer.max_steps", "1", cwd=tmp_path)
+    assert fit.returncode == 0, fit.stderr[-2000:]
+    adapter = next(tmp_path.glob("runs/tiny/*/adapter"))
+    text = medqlora("generate", str(adapter), "--prompt", "How is gout treated?", "--max-new-tokens", "3", cwd=tmp_path)
+    assert text.returncode == 0 and text.stdout.strip() and not text.stdout.lstrip().startswith("{")
+    lines = medqlora(
+        "generate", str(adapter), "--prompt", "How is gout treated?", "--max-new-tokens", "3", "--json", cwd=tmp_path
+    )
+    assert json.loads(lines.stdout.strip())["prompt"] == "How is gout treated?"

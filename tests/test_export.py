@@ -12,6 +12,7 @@ that, either pick is within the runtimes' arithmetic.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -67,6 +68,8 @@ def exported(adapter, tmp_path_factory) -> dict[str, Path]:
                               text=True, timeout=600)  # fmt: skip
         assert done.returncode == 0, done.stderr[-3000:]
         assert done.stdout.strip().startswith(str(paths[name])) and "MiB" in done.stdout
+        if "fetching llama.cpp's converters once" in done.stderr:  # a fresh cache: the fetch says what and how large
+            assert re.search(r"llama_cpp_python-[\d.]+\.tar\.gz \([\d.]+ [kMG]B\)", done.stderr), done.stderr[-2000:]
     return paths
 
 

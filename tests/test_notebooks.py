@@ -52,7 +52,7 @@ def test_quickstart_trains_writes_its_run_and_generates(tmp_path, monkeypatch, t
     shown: list[set[str]] = []
     printed = _execute("quickstart.ipynb", tmp_path, shown)
     # the plotting cell shows its figure (the curves callback used to switch the kernel's pyplot to Agg)
-    assert "image/png" in shown[4], shown[4]
+    assert "image/png" in shown[5], shown[5]
     run = tmp_path / "runs" / "quickstart" / "version_0"
     metrics = read_metrics(run / "metrics.csv")
     assert len(metrics["train/loss"]) == 24 and metrics["val/loss"], "24 optimizer steps and a validation"
@@ -61,7 +61,10 @@ def test_quickstart_trains_writes_its_run_and_generates(tmp_path, monkeypatch, t
     assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((run / "data_card.json").read_text())["totals"]["train"] > 0
     assert "«" in printed[2] and "<|channel>thought" in printed[2]  # supervised spans and o1's thought channel
-    answers = ast.literal_eval(printed[5].strip().splitlines()[-1])
+    samples = printed[3].split("--- sample ")[1:]  # a multi-turn dialogue: a sample per assistant turn
+    assert len(samples) == 2 and all(sample.count("«") == 1 for sample in samples)
+    assert "«Most likely acute gout.<turn|>»" in samples[0] and "«<|channel>thought" in samples[1]
+    answers = ast.literal_eval(printed[6].strip().splitlines()[-1])
     assert isinstance(answers, list) and len(answers) == 1 and isinstance(answers[0], str)
 
 

@@ -15,18 +15,9 @@ import json
 from pathlib import Path
 
 from medqlora.data.benchmarks import BENCHMARK_LOCATIONS
-from medqlora.eval.generate import MAX_NEW_TOKENS
-from medqlora.eval.scoring import BATCH_TOKENS
-from medqlora.runs import CONFIG_FILE, METRICS_FILE
-
-COMMANDS = {
-    "eval": "MedQA, PubMedQA and clinical key points, base vs adapter in one load; updates the model card",
-    "generate": "answer prompts with an adapter (greedy, Gemma 4 chat format)",
-    "merge": "merge an adapter into bf16 base weights that load without PEFT",
-    "export": "write the merged model (or the adapter alone) as GGUF for llama.cpp and Ollama, text only",
-    "card": "rewrite an adapter's model card (README.md) from its run directory",
-    "curves": "redraw a run's curves.png from its metrics.csv",
-}
+from medqlora.eval import BATCH_TOKENS, MAX_NEW_TOKENS
+from medqlora.files import CONFIG_FILE, METRICS_FILE
+from medqlora.usage import COMMANDS
 
 
 def _positive(value: str) -> int:
@@ -84,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     what.add_argument("--prompts-file", type=Path, help="one prompt per line")
     gen.add_argument("--thinking", action="store_true", help="let the model think first (thoughts not printed)")
     gen.add_argument("--max-new-tokens", type=_positive, default=MAX_NEW_TOKENS)
+    gen.add_argument("--json", action="store_true", help='one JSON line a prompt: {"prompt": ..., "answer": ...}')
     gen.add_argument("--base")
     mg = sub.add_parser("merge", help=COMMANDS["merge"], description=COMMANDS["merge"])
     mg.add_argument("adapter", type=Path)
@@ -105,8 +97,10 @@ def _parser() -> argparse.ArgumentParser:
     cd.add_argument("--adapter", type=Path, help="default: <run_dir>/adapter")
     cv = sub.add_parser("curves", help=COMMANDS["curves"], description=COMMANDS["curves"])
     cv.add_argument("run_dir", type=Path)
-    cv.add_argument("out", nargs="?", type=Path, help="default: <run_dir>/curves.png")
-    cv.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    cv.add_argument(
+        "out", nargs="?", type=Path, help="default: <run_dir>/curves.png, always redrawn (it is drawn from the logs)"
+    )
+    cv.add_argument("--force", action="store_true", help="replace an OUT you named if it exists")
     return parser
 
 
@@ -203,8 +197,13 @@ def run(argv: list[str]) -> None:
         dense = for_inference(model)  # one kernel a linear or norm: decoding is bound by launches
         dense.merge_adapter()
         answers = generate(dense.model, tokenizer, prompts, thinking=args.thinking, max_new_tokens=args.max_new_tokens)
-        for prompt, answer in zip(prompts, answers):
-            print(json.dumps({"prompt": prompt, "answer": answer}))
+        for number, (prompt, answer) in enumerate(zip(prompts, answers)):
+            if args.json:
+                print(json.dumps({"prompt": prompt, "answer": answer}))
+            elif len(prompts) == 1:
+                print(answer)
+            else:  # each answer under its prompt, a blank line between them
+                print(f"{'' if number == 0 else chr(10)}> {prompt}\n{answer}")
     else:
         _eval(args)
 

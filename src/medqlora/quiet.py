@@ -29,6 +29,14 @@ IGNORED_WARNINGS = [
     r"`is_gradient_checkpointing` is deprecated",
     # Lightning's own pytree helper on torch >= 2.12
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    # validate/test/predict --ckpt_path restore the fit's ModelCheckpoint state but log into their own directory and
+    # write no checkpoint: nothing of that state is needed there
+    r"The dirpath has changed from .* won't be reloaded",
+    # predict's PackingBatchSampler yields every row once, never dropping a last batch (tests/test_cli.py counts the
+    # predictions.jsonl lines against the split)
+    r"You are using a custom batch sampler `PackingBatchSampler` for prediction",
+    # a resumed fit continues its own run directory by design (runs.py), so its checkpoints/ holds the earlier ones
+    r"Checkpoint directory .* exists and is not empty",
 ]
 
 

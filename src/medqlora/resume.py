@@ -87,5 +87,27 @@ def differences(saved: dict[str, Any], given: dict[str, Any]) -> list[str]:
     return [
         f"{key} is {given[key]!r} here but {saved[key]!r} in the checkpoint"
         for key in sorted(saved.keys() & given.keys())
-        if key not in HARMLESS and saved[key] != given[key]
+        if key not in HARMLESS and not key.startswith("data.sources") and saved[key] != given[key]
+    ]  # the sources are compared whole (`source_differences`)
+
+
+def _describe(source: dict) -> str:
+    where = source.get("path") or source.get("hub_id")
+    return f"{source.get('name')} ({source.get('format')}, {where}, target {source.get('target')})"
+
+
+def source_differences(saved: list[dict], given: list[dict]) -> list[str]:
+    """One line when the sources a run trains on differ in any way from the checkpoint's (a source added, removed,
+    renamed, or read from another place, format, columns or target), naming both lists; [] when they agree.
+    Both are lists of `SourceSpec` fields (`asdict`), defaults filled in."""
+
+    def same(a: dict, b: dict) -> bool:
+        return all(a[k] == b[k] for k in a.keys() & b.keys())  # a field an older checkpoint lacks is not compared
+
+    if len(saved) == len(given) and all(same(a, b) for a, b in zip(saved, given)):
+        return []
+    return [
+        f"data.sources are {'; '.join(map(_describe, given))} here but {'; '.join(map(_describe, saved))} in the "
+        "checkpoint (a run trains on the data it started with: start a new run on other data, or continue this "
+        "adapter's weights with model.init_adapter)"
     ]

@@ -12,13 +12,8 @@ import os
 from pathlib import Path
 
 from medqlora.compat import CSVLoggerWith, ExistingMetricsWriter
+from medqlora.files import CONFIG_FILE, DATA_CARD, MEMORY_FILE, METRICS_FILE, PROGRESS_FILE  # noqa: F401
 from medqlora.io import atomic_write_text
-
-METRICS_FILE = "metrics.csv"  # CSVLogger's: losses, accuracy, lr, memory per step
-CONFIG_FILE = "config.yaml"  # LightningCLI's: every resolved value
-MEMORY_FILE = "memory.json"  # PeakMemory's: peak memory, its split, wall time
-DATA_CARD = "data_card"  # the data module's: data_card.json and data_card.md
-PROGRESS_FILE = "training_state.json"  # in an adapter directory: optimizer step N of M when it was written
 
 
 def eval_dir(adapter_dir: Path) -> Path:

@@ -7,9 +7,11 @@ import pytest
 from medqlora.data.chat import IGNORE_INDEX, encode, messages_of, render_prompt, show_supervision
 from medqlora.data.sources import Conversation
 
-PLAIN = Conversation(user="What treats gout?", answer="Colchicine.")
-REASONING = Conversation(user="What treats gout?", answer="Colchicine.", reasoning="Acute gout; NSAID or colchicine.")
-SYSTEM = Conversation(user="What treats gout?", answer="Colchicine.", system="You are a careful clinician.")
+PLAIN = Conversation.single(user="What treats gout?", answer="Colchicine.")
+REASONING = Conversation.single(
+    user="What treats gout?", answer="Colchicine.", reasoning="Acute gout; NSAID or colchicine."
+)
+SYSTEM = Conversation.single(user="What treats gout?", answer="Colchicine.", system="You are a careful clinician.")
 
 
 def _ids(tokenizer, text: str) -> list[int]:

@@ -18,6 +18,11 @@ def _instruction_rows(prefix: str, n: int) -> list[dict]:
     ]
 
 
+def _users(rows) -> list[str]:
+    """The user turn of each single-turn conversation row."""
+    return [next(m["content"] for m in messages if m["role"] == "user") for messages in rows["messages"]]
+
+
 @pytest.fixture
 def sources(tmp_path) -> list[SourceSpec]:
     medqa = [
@@ -129,7 +134,7 @@ def test_local_files_of_every_supported_format_load_through_datasets(tmp_path, s
     spec = SourceSpec(name="local", format="instruction", path=str(path))
     mix = build_mix([spec], seed=0, val_fraction=0.1, reasoning="thinking")
     assert mix.stats["local"]["available"] == 10 and mix.stats["local"]["usable"] == 10
-    assert sorted([*mix.train["user"], *mix.val["user"]]) == sorted(r["instruction"] for r in rows)
+    assert sorted([*_users(mix.train), *_users(mix.val)]) == sorted(r["instruction"] for r in rows)
 
 
 def test_a_short_benchmark_question_anywhere_in_a_row_is_removed(tmp_path):
@@ -148,7 +153,7 @@ def test_a_short_benchmark_question_anywhere_in_a_row_is_removed(tmp_path):
     eval_set = EvalQuestions(name="pubmedqa", path=str(write_jsonl(tmp_path / "q.jsonl", questions)))
     mix = build_mix([spec], seed=0, val_fraction=0.0, reasoning="thinking", decontaminate=[eval_set])
     assert mix.stats["rows"]["removed"] == {"eval_contamination": 3}
-    assert sorted(mix.train["user"]) == ["Is halofantrine ototoxicity common?", "Is warfarin safe?"]
+    assert sorted(_users(mix.train)) == ["Is halofantrine ototoxicity common?", "Is warfarin safe?"]
 
 
 def test_an_eval_set_path_replaces_its_hub_id(tmp_path):

@@ -86,7 +86,7 @@ def test_column_map_renames_fields(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"format": "chat"}, r"format='chat' is unknown"),
+        ({"format": "dialogue"}, r"format='dialogue' is unknown"),
         ({"format": "instruction", "target": 0}, "target=0"),
         ({"format": "instruction", "columns": {"prompt": "p"}}, r"unknown field\(s\) \['prompt'\]"),
     ],

@@ -40,7 +40,7 @@ def trained(tmp_path_factory, tokenizer) -> tuple[Path, BenchmarkSpec, MedQAAccu
     train = load_items(BenchmarkSpec(name="train", kind="medqa", path=str(train_rows)))
     rows = []
     for item in train:
-        encoded = encode(Conversation(user=item.user, answer=item.choices[item.gold]), tokenizer, 256)
+        encoded = encode(Conversation.single(user=item.user, answer=item.choices[item.gold]), tokenizer, 256)
         rows.append({"input_ids": encoded.input_ids, "labels": encoded.labels})
     held_out_rows = write_jsonl(tmp / "test.jsonl", medqa_rows(40, 2))
     torch.manual_seed(0)

@@ -13,6 +13,14 @@ from medqlora.io import atomic_write_text
 from medqlora.runs import DATA_CARD
 
 RECIPE_TARGET = {"train": 47_189, "val": 2_483}  # the model card's split sizes
+RECIPE_SOURCES = {"medqa": ("medqa_options", 16_000), "o1": ("reasoning", 14_000), "alpacare": ("instruction", 17_000)}
+"""The recipe's mix (configs/gemma4-e2b-medical.yaml; tests/test_cli.py checks they agree): names, formats, targets."""
+
+
+def trains_recipe_sources(sources) -> bool:
+    """Whether a run's sources are the recipe's three (from the hub or local copies), by name, format and target:
+    only then does the data card compare with the model card's split sizes."""
+    return {s.name: (s.format, s.target) for s in sources} == RECIPE_SOURCES
 
 
 def padding_ratio(lengths: list[int], batches: list[list[int]], packed: bool, pack_tokens: int) -> float:
@@ -35,14 +43,17 @@ class DataCard:
         train_sources = np.array(dm.train_set["source"] or [""])
         lengths, supervised = np.array(dm.train_set["length"]), np.array(dm.train_set["supervised"])
         val_sources = dm.val_set["source"]
+        test_sources = dm.test_set["source"] if dm.test_fraction else []
         sources = {}
         for name, s in stats.items():
             mine = train_sources[: len(lengths)] == name
             own = lengths[mine] if mine.any() else np.array([0])
             sources[name] = {
-                **{k: v for k, v in s.items() if k not in ("train", "val")},
-                "train_rows": int(mine.sum()),  # what is trained and validated on
+                **{k: v for k, v in s.items() if k not in ("train", "val", "test")},
+                "drawn": {split: s[split] for split in ("train", "val", "test") if split in s},  # conversations
+                "train_rows": int(mine.sum()),  # samples trained and validated on: a trained turn each
                 "val_rows": val_sources.count(name),
+                **({"test_rows": test_sources.count(name)} if dm.test_fraction else {}),
                 "token_length_percentiles": {f"p{p}": int(np.percentile(own, p)) for p in (5, 50, 95, 100)},
                 "supervised_token_share": round(int(supervised[mine].sum()) / max(1, int(own.sum())), 4),
             }
@@ -51,6 +62,9 @@ class DataCard:
         grouped = LengthGroupedBatchSampler(lengths, dm.micro_batch_size, dm.seed, True, True).plan()
         packs = PackingBatchSampler(lengths, dm.pack_tokens, dm.seed, True).packs()
         totals = {"train": len(dm.train_set), "val": len(dm.val_set)}
+        if dm.test_fraction:
+            totals["test"] = len(dm.test_set)
+        recipe = trains_recipe_sources(dm.sources)
         content = {
             "seed": dm.seed,
             "max_length": dm.max_length,
@@ -59,8 +73,12 @@ class DataCard:
             "val_fraction": dm.val_fraction,
             "tokenizer": dm.tokenizer_name,
             "totals": totals,
-            "recipe_target": RECIPE_TARGET,
-            "recipe_gap": {k: totals[k] - RECIPE_TARGET[k] for k in totals},
+            "recipe_sources": recipe,
+            **(
+                {"recipe_target": RECIPE_TARGET, "recipe_gap": {k: totals[k] - RECIPE_TARGET[k] for k in totals}}
+                if recipe
+                else {}
+            ),
             "padding_ratio": {
                 "padded": padding_ratio(lengths, padded, False, 0),
                 "padded_grouped_by_length": padding_ratio(lengths, grouped, False, 0),
@@ -81,9 +99,14 @@ class DataCard:
             f"`{c['reasoning']}`, sample policy `{c['sample_policy']}`, validation {c['val_fraction']:.0%} "
             "per source.",
             "",
-            f"Rows: {c['totals']['train']} train / {c['totals']['val']} validation; the model card's "
-            f"recipe: {c['recipe_target']['train']} / {c['recipe_target']['val']} "
-            f"(difference {c['recipe_gap']['train']:+d} / {c['recipe_gap']['val']:+d}).",
+            f"Rows: {c['totals']['train']} train / {c['totals']['val']} validation"
+            + (f" / {c['totals']['test']} test" if "test" in c["totals"] else "")
+            + (
+                f"; the model card's recipe: {c['recipe_target']['train']} / {c['recipe_target']['val']} "
+                f"(difference {c['recipe_gap']['train']:+d} / {c['recipe_gap']['val']:+d})."
+                if c.get("recipe_sources")
+                else "."
+            ),
             "",
             "Every filter runs before sampling: `usable` rows are what is left of `available` after the removals, and "
             "`target` training rows are drawn from them.",
@@ -94,10 +117,17 @@ class DataCard:
         ]
         for name, s in c["sources"].items():
             removed_text = ", ".join(f"{k} {v}" for k, v in s["removed"].items()) or "none"
+            cut = s.get("cut_at_turn") or {}
+            if cut.get("rows"):
+                removed_text += f"; cut at a turn boundary: {cut['rows']} ({cut['turns']} turns left out)"
+            drawn = s["drawn"]
+            train, val = s["train_rows"], s["val_rows"]
+            if (train, val) != (drawn["train"], drawn["val"]):  # several trained turns a conversation
+                train, val = f"{train} ({drawn['train']} conv.)", f"{val} ({drawn['val']} conv.)"
             p = s["token_length_percentiles"]
             lines.append(
                 f"| {name} | `{s['location']}` | {s['license']} | {s['available']} | {removed_text} | {s['usable']} | "
-                f"{s['target']} | {s['train_rows']} | {s['val_rows']} | {s['upsampled']} | "
+                f"{s['target']} | {train} | {val} | {s['upsampled']} | "
                 f"{p['p50']} / {p['p95']} | {s['supervised_token_share']:.1%} |"
             )
         lines += ["", "Padding ratio (share of tensor slots holding no token):", ""]

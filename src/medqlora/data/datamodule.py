@@ -75,6 +75,7 @@ class MedicalMixDataModule(L.LightningDataModule):
         truncation: rows over max_length are dropped, or their answer is truncated.
         sample_policy: sources with fewer rows than their target: take all, or upsample training rows.
         val_fraction: share of each source held out for validation (stratified by source).
+        test_fraction: share of each source held out for `medqlora test` alone (0: test scores the validation rows).
         seed: seed of sampling, splitting and batch order.
         decontaminate: evaluation sets whose questions are removed from the mix; `benchmarks` for the MedQA and
             PubMedQA rows `medqlora eval` scores (`data/benchmarks.py`).
@@ -95,6 +96,7 @@ class MedicalMixDataModule(L.LightningDataModule):
         truncation: Truncation = "drop",
         sample_policy: SamplePolicy = "all",
         val_fraction: float = 0.05,
+        test_fraction: float = 0.0,
         seed: int = 42,
         decontaminate: list[EvalQuestions] | Literal["benchmarks"] | None = None,
         num_workers: int = 0,
@@ -108,18 +110,25 @@ class MedicalMixDataModule(L.LightningDataModule):
             raise ValueError(f"data.micro_batch_size={micro_batch_size} must be >= 1")
         if not 0.0 <= val_fraction < 0.5:
             raise ValueError(f"data.val_fraction={val_fraction} must be in [0, 0.5) (recipe: 0.05)")
+        if not 0.0 <= test_fraction or val_fraction + test_fraction >= 0.5:
+            raise ValueError(
+                f"data.test_fraction={test_fraction} must be >= 0 and leave half the rows for training with "
+                f"data.val_fraction={val_fraction} (their sum < 0.5)"
+            )
         self.sources = sources if sources is not None else sample_sources()
         self.tokenizer_name, self.max_length, self.micro_batch_size = tokenizer, max_length, micro_batch_size
         self.packing, self.pack_tokens = packing, pack_tokens or max_length
         self._sample_slots: int | None = None  # sample_slots(), once the splits exist
         self.group_by_length, self.reasoning, self.system_prompt = group_by_length, reasoning, system_prompt
         self.truncation, self.sample_policy, self.val_fraction = truncation, sample_policy, val_fraction
+        self.test_fraction = test_fraction
         if decontaminate == "benchmarks":
             decontaminate = benchmark_questions()
         self.seed, self.decontaminate, self.num_workers = seed, decontaminate or [], num_workers
         self.tokenizer = None
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
         self.card: DataCard | None = None
 
     # -- stages -------------------------------------------------------------------------------------
@@ -149,10 +158,11 @@ class MedicalMixDataModule(L.LightningDataModule):
             system_prompt=self.system_prompt,
             sample_policy=self.sample_policy,
             val_fraction=self.val_fraction,
+            test_fraction=self.test_fraction,
             seed=self.seed,
         )
         prepared = prepare_mix(self.sources, self.decontaminate, self.tokenizer, settings)
-        self.train_set, self.val_set = prepared.train, prepared.val
+        self.train_set, self.val_set, self.test_set = prepared.train, prepared.val, prepared.test
         self.card = DataCard.from_run(self, prepared.stats)
         for notice in self.card.content["notices"]:
             rank_zero_info(f"medqlora data: {notice}")
@@ -196,7 +206,7 @@ class MedicalMixDataModule(L.LightningDataModule):
         if not self.packing:
             return None
         if self._sample_slots is None:  # packing a split's plan takes a second or two on the mix: once
-            splits = ((self.train_set, True), (self.val_set, False))  # as their loaders draw them
+            splits = ((self.train_set, True), (self.val_set, False), (self.test_set, False))  # as loaders draw them
             self._sample_slots = max(
                 self.batch_sampler(data, shuffle).most_samples() for data, shuffle in splits if data is not None
             )
@@ -214,12 +224,16 @@ class MedicalMixDataModule(L.LightningDataModule):
         """Validation batches, same layout as training, fixed order."""
         return self._loader(self.val_set, shuffle=False)
 
+    def test_split(self) -> tuple[str, Dataset]:
+        """What `medqlora test` scores: the test split when `test_fraction` held one out, else the validation split."""
+        return ("test", self.test_set) if self.test_set is not None and len(self.test_set) else ("val", self.val_set)
+
     def test_dataloader(self) -> DataLoader:
-        """The validation split (the mix has no separate test split)."""
-        return self.val_dataloader()
+        """The test split (`test_fraction` > 0), else the validation split; `test_split` says which."""
+        return self._loader(self.test_split()[1], shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
-        """The validation split, for `medqlora predict` (per-token predictions on held-out rows)."""
+        """The validation split, for `medqlora predict` (a line of predictions per row: callbacks/predictions.py)."""
         return self.val_dataloader()
 
     def state_dict(self) -> dict:

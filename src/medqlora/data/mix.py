@@ -12,7 +12,7 @@ import os
 import random
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -31,16 +31,22 @@ from medqlora.data.sources import (
 SamplePolicy = Literal["all", "upsample"]
 # every column a map writes is typed: a type inferred from the first written batch (all None: null) breaks on a
 # later batch that has a value (datasets 4: "Couldn't cast array of type string to null"; 5: "Couldn't write column")
+MESSAGES = [{"role": Value("string"), "content": Value("string"), "reasoning": Value("string")}]
 CONVERSATION_FEATURES = Features(
     {
-        name: Value("bool") if name == "contaminated" else Value("string")
-        for name in ("row_id", "source", "system", "user", "reasoning", "answer", "qkey", "contaminated", "drop_reason")
+        "row_id": Value("string"),
+        "source": Value("string"),
+        "messages": MESSAGES,
+        "qkey": Value("string"),
+        "contaminated": Value("bool"),
+        "drop_reason": Value("string"),
     }
 )
 PARALLEL_ROWS = 20_000  # a source at least this long is mapped in several processes (below, starting them costs more)
-Stage = Callable[[Dataset, str], Dataset]
-"""The caller's filtering stage (tokenising): candidate conversation rows and a progress label -> its rows, one per
-candidate in order, each with a `drop_reason` (None to keep) and whatever columns it adds."""
+Stage = Callable[[Dataset, SourceSpec], Dataset]
+"""The caller's filtering stage (tokenising): a source's candidate conversation rows -> its rows, one per candidate
+in order, each with a `drop_reason` (None to keep), optionally `turns_cut` (trained turns a kept row left out,
+counted in the statistics), and whatever columns it adds."""
 
 
 @dataclass(kw_only=True)
@@ -72,17 +78,18 @@ def benchmark_questions() -> list[EvalQuestions]:
 
 @dataclass
 class MixResult:
-    """The mixed splits (conversation columns) and what happened to every row, per source."""
+    """The mixed splits (conversation columns, or the stage's) and what happened to every source's rows."""
 
     train: Dataset
     val: Dataset
     stats: dict[str, dict] = field(default_factory=dict)
+    test: Dataset | None = None
 
 
 def load_source(spec: SourceSpec) -> Dataset:
     """Load a source's rows and check that the columns its format needs are there."""
     rows = load_rows(spec, f"source {spec.name!r}")
-    missing = [col for col in spec.columns.values() if col not in rows.column_names]
+    missing = [col for col in spec.row_columns() if col not in rows.column_names]
     problem = diagnose_file(Path(spec.path)) if missing and spec.path and Path(spec.path).is_file() else None
     if problem:  # e.g. a ';'-separated CSV reads as one column
         raise ValueError(f"source {spec.name!r}: {problem}")
@@ -111,14 +118,11 @@ def conversations(
         try:
             conv = to_conversation(row, spec, reasoning, system_prompt)
         except RowError as err:
-            return {**out, "contaminated": False, "drop_reason": err.reason}
-        text = " ".join(part or "" for part in (conv.user, conv.reasoning, conv.answer))
+            return {**out, "messages": [], "contaminated": False, "drop_reason": err.reason}
+        text = " ".join(f"{m.reasoning or ''} {m.content}" for m in conv.messages)
         return {
             **out,
-            "system": conv.system,
-            "user": conv.user,
-            "reasoning": conv.reasoning,
-            "answer": conv.answer,
+            "messages": [asdict(m) for m in conv.messages],
             "qkey": normalise_question(conv.user),
             "contaminated": check_contamination and eval_index.contains(normalise_question(text)),
         }
@@ -182,6 +186,7 @@ def build_mix(
     seed: int,
     val_fraction: float,
     reasoning: ReasoningMode,
+    test_fraction: float = 0.0,
     system_prompt: str | None = None,
     policy: SamplePolicy = "all",
     decontaminate: list[EvalQuestions] | None = None,
@@ -191,15 +196,16 @@ def build_mix(
     -> dedupe (across sources) -> sample -> split.
 
     `target` counts usable training rows: every filter runs first, so a source with at least `target` usable rows
-    gives exactly `target`. Validation rows are drawn on top at `val_fraction` of the total, and only training rows
-    are ever repeated (`policy="upsample"`), so no validation row is trained on.
+    gives exactly `target`. Validation (and test) rows are drawn on top at `val_fraction` (`test_fraction`) of the
+    total, and only training rows are ever repeated (`policy="upsample"`), so no held-out row is trained on.
     """
     names = [s.name for s in sources]
     if len(set(names)) != len(names):
         raise ValueError(f"data.sources: names must be unique, got {names}")
     eval_index = QuestionIndex(eval_question_keys(decontaminate or []))
     seen: set[str] = set()
-    train_parts, val_parts, stats = [], [], {}
+    train_parts, val_parts, test_parts, stats = [], [], [], {}
+    held_out = val_fraction + test_fraction
     for spec in sources:
         loaded = load_source(spec)
         convs = conversations(loaded, spec, reasoning, system_prompt, eval_index, num_proc_for(len(loaded)))
@@ -210,7 +216,7 @@ def build_mix(
         rows = convs.select(candidates)
         qkeys = rows["qkey"]
         if stage is not None:
-            rows = stage(rows, spec.name)
+            rows = stage(rows, spec)
         usable: list[int] = []
         for i, (reason, qkey) in enumerate(zip(rows["drop_reason"], qkeys)):
             if reason:
@@ -222,14 +228,17 @@ def build_mix(
                 usable.append(i)
         rng = random.Random(f"{seed}:{spec.name}")
         rng.shuffle(usable)
-        n_train_avail = len(usable) - round(len(usable) * val_fraction)
+        n_train_avail = len(usable) - round(len(usable) * held_out)
         n_train = n_train_avail if spec.target is None else min(spec.target, n_train_avail)
-        n_val = min(len(usable) - n_train, round(n_train * val_fraction / (1 - val_fraction)))
-        val_idx, train_idx = usable[:n_val], usable[n_val : n_val + n_train]
+        n_val = min(len(usable) - n_train, round(n_train * val_fraction / (1 - held_out)))
+        n_test = min(len(usable) - n_train - n_val, round(n_train * test_fraction / (1 - held_out)))
+        val_idx, test_idx = usable[:n_val], usable[n_val : n_val + n_test]
+        train_idx = usable[n_val + n_test : n_val + n_test + n_train]
         if policy == "upsample" and spec.target and spec.target > len(train_idx) and train_idx:
             train_idx = train_idx + [rng.choice(train_idx) for _ in range(spec.target - len(train_idx))]
         train_parts.append(rows.select(train_idx))
         val_parts.append(rows.select(val_idx))
+        test_parts.append(rows.select(test_idx))
         stats[spec.name] = {
             "location": spec.location,
             "license": spec.license,
@@ -239,8 +248,15 @@ def build_mix(
             "usable": len(usable),
             "train": len(train_idx),
             "val": len(val_idx),
+            "test": len(test_idx),
             "upsampled": max(0, len(train_idx) - n_train),
         }
-    internal = [c for c in ("qkey", "contaminated", "drop_reason") if c in train_parts[0].column_names]
-    train, val = (concatenate_datasets(parts).remove_columns(internal) for parts in (train_parts, val_parts))
-    return MixResult(train, val, stats)
+        if "turns_cut" in rows.column_names:  # conversations cut at a turn boundary to fit max_length
+            column = rows["turns_cut"]
+            cut = [column[i] for i in usable]
+            stats[spec.name]["cut_at_turn"] = {"rows": sum(1 for n in cut if n), "turns": sum(cut)}
+    internal = [c for c in ("qkey", "contaminated", "drop_reason", "turns_cut") if c in train_parts[0].column_names]
+    train, val, test = (
+        concatenate_datasets(parts).remove_columns(internal) for parts in (train_parts, val_parts, test_parts)
+    )
+    return MixResult(train, val, stats, test)

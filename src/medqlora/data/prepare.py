@@ -18,25 +18,31 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from datasets import Dataset, Features, Sequence, Value
 from datasets.fingerprint import Hasher
+from datasets.table import InMemoryTable
 
 from medqlora.data import chat, location, mix, sources
-from medqlora.data.chat import Truncation, encode_many
+from medqlora.data.chat import IGNORE_INDEX, Truncation, encode_many
 from medqlora.data.mix import EvalQuestions, SamplePolicy, Stage, build_mix, num_proc_for
-from medqlora.data.sources import Conversation, ReasoningMode, SourceSpec
+from medqlora.data.sources import Conversation, Message, ReasoningMode, SourceSpec, TrainOn
 
-ENCODED_FEATURES = Features(
+TOKENISED_FEATURES = Features(
     {
         "row_id": Value("string"),
         "source": Value("string"),
-        "input_ids": Sequence(Value("int32")),
-        "labels": Sequence(Value("int32")),
-        "length": Value("int32"),
-        "supervised": Value("int32"),  # tokens with a label: the data card's supervised share without reading labels
+        "input_ids": Sequence(Sequence(Value("int32"))),  # one list per sample: a trained assistant turn
+        "labels": Sequence(Sequence(Value("int32"))),
+        "length": Sequence(Value("int32")),
+        "supervised": Sequence(Value("int32")),  # tokens with a label: the card's supervised share without labels
+        "turns_cut": Value("int32"),
         "drop_reason": Value("string"),
     }
 )
+SAMPLE_COLUMNS = ("row_id", "source", "input_ids", "labels", "length", "supervised")
 DATA_CODE = (sources, location, mix, chat)  # with this file: a change to any of them builds the mix anew
 
 
@@ -50,56 +56,78 @@ class MixSettings:
     system_prompt: str | None = None
     sample_policy: SamplePolicy = "all"
     val_fraction: float = 0.05
+    test_fraction: float = 0.0
     seed: int = 42
 
 
 @dataclass
 class PreparedMix:
-    """The tokenised splits (columns of `ENCODED_FEATURES` but `drop_reason`), what happened to every source's rows,
-    and whether they were read from an earlier identical preparation."""
+    """The tokenised splits, one row per sample (`SAMPLE_COLUMNS`; `test` is empty unless `test_fraction` > 0), what
+    happened to every source's rows, and whether they were read from an earlier identical preparation."""
 
     train: Dataset
     val: Dataset
+    test: Dataset
     stats: dict[str, dict]
     reused: bool = False
 
 
-def tokenising_stage(tokenizer, max_length: int, truncation: Truncation, key: str) -> Stage:
-    """Conversation rows -> token ids, labels, lengths and a `drop_reason` (too_long, no_supervised_tokens), in
-    batches through the fast tokenizer. `key` (the tokenizer's and settings' fingerprint) names the map's cache."""
+SPLITS = ("train", "val", "test")
 
-    def tokenise(batch: dict[str, list]) -> dict[str, list]:
-        convs = [
-            Conversation(user, answer, reasoning, system)
-            for user, answer, reasoning, system in zip(
-                batch["user"], batch["answer"], batch["reasoning"], batch["system"]
-            )
-        ]
-        out: dict[str, list] = {"input_ids": [], "labels": [], "length": [], "supervised": [], "drop_reason": []}
-        for result in encode_many(convs, tokenizer, max_length, truncation):
-            dropped = isinstance(result, str)
-            ids, labels = ([], []) if dropped else (result.input_ids, result.labels)
-            out["input_ids"].append(ids)
-            out["labels"].append(labels)
-            out["length"].append(len(ids))
-            out["supervised"].append(len(labels) - labels.count(chat.IGNORE_INDEX))
-            out["drop_reason"].append(result if dropped else None)
+
+def tokenising_stage(tokenizer, max_length: int, truncation: Truncation, key: str) -> Stage:
+    """Conversation rows -> each trained turn's token ids, labels, length and supervised count, with a `drop_reason`
+    (too_long, no_supervised_tokens) for a row left with no sample, in batches through the fast tokenizer. `key` (the
+    tokenizer's and settings' fingerprint) names the map's cache."""
+
+    def tokenise(batch: dict[str, list], train_on: TrainOn) -> dict[str, list]:
+        convs = [Conversation(tuple(Message(**m) for m in messages), train_on) for messages in batch["messages"]]
+        out: dict[str, list] = {name: [] for name in TOKENISED_FEATURES if name not in ("row_id", "source")}
+        for encoded in encode_many(convs, tokenizer, max_length, truncation):
+            samples = encoded.samples
+            out["input_ids"].append([s.input_ids for s in samples])
+            out["labels"].append([s.labels for s in samples])
+            out["length"].append([len(s.input_ids) for s in samples])
+            out["supervised"].append([len(s.labels) - s.labels.count(IGNORE_INDEX) for s in samples])
+            out["turns_cut"].append(encoded.turns_cut)
+            out["drop_reason"].append(encoded.dropped)
         return out
 
-    def stage(rows: Dataset, name: str) -> Dataset:
+    def stage(rows: Dataset, spec: SourceSpec) -> Dataset:
         if len(rows) == 0:  # `map` adds no columns to an empty dataset
-            return Dataset.from_dict({column: [] for column in ENCODED_FEATURES}, features=ENCODED_FEATURES)
+            return Dataset.from_dict({column: [] for column in TOKENISED_FEATURES}, features=TOKENISED_FEATURES)
         return rows.map(
             tokenise,
             batched=True,
+            fn_kwargs={"train_on": spec.train_on},
             remove_columns=[c for c in rows.column_names if c not in ("row_id", "source")],
-            features=ENCODED_FEATURES,
+            features=TOKENISED_FEATURES,
             num_proc=num_proc_for(len(rows)),
-            new_fingerprint=Hasher.hash([rows._fingerprint, key]),  # hashing the closure would pickle the tokenizer
-            desc=f"{name}: conversations -> tokens",
+            # hashing the closure would pickle the tokenizer for every source
+            new_fingerprint=Hasher.hash([rows._fingerprint, key, spec.train_on]),
+            desc=f"{spec.name}: conversations -> tokens",
         )
 
     return stage
+
+
+def one_row_per_sample(rows: Dataset) -> Dataset:
+    """Tokenised conversations -> one row per sample (a conversation of k trained turns gives k, their ids
+    `<row_id>/<n>`), columns `SAMPLE_COLUMNS`. In Arrow: no Python loop over tokens."""
+    table = rows.with_format("arrow")[:]
+    counts = pc.list_value_length(table["length"]).to_numpy(zero_copy_only=False)
+    parents = np.repeat(np.arange(len(counts)), counts)
+    turn = np.arange(len(parents)) - np.repeat(np.cumsum(counts) - counts, counts)
+    ids = table["row_id"].to_pylist()
+    row_ids = [ids[p] if counts[p] == 1 else f"{ids[p]}/{n}" for p, n in zip(parents.tolist(), turn.tolist())]
+    samples = pa.table(
+        {
+            "row_id": pa.array(row_ids, pa.string()),
+            "source": table["source"].take(pa.array(parents, pa.int64())),
+            **{name: pc.list_flatten(table[name]) for name in ("input_ids", "labels", "length", "supervised")},
+        }
+    )
+    return Dataset(InMemoryTable(samples), fingerprint=Hasher.hash([rows._fingerprint, "one row per sample"]))
 
 
 def fingerprint(
@@ -136,11 +164,12 @@ def prepare_mix(
     saved = root / f"mix-{key}"
     if (saved / "stats.json").is_file():
         stats = json.loads((saved / "stats.json").read_text())
-        return PreparedMix(Dataset.load_from_disk(saved / "train"), Dataset.load_from_disk(saved / "val"), stats, True)
+        return PreparedMix(*(Dataset.load_from_disk(saved / split) for split in SPLITS), stats, reused=True)
     result = build_mix(
         sources,
         seed=settings.seed,
         val_fraction=settings.val_fraction,
+        test_fraction=settings.test_fraction,
         reasoning=settings.reasoning,
         system_prompt=settings.system_prompt,
         policy=settings.sample_policy,
@@ -149,7 +178,8 @@ def prepare_mix(
     )
     partial = root / f".{saved.name}.{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
-    for split, rows in (("train", result.train), ("val", result.val)):
+    for split, conversations in zip(SPLITS, (result.train, result.val, result.test)):
+        rows = one_row_per_sample(conversations)
         rows.save_to_disk(partial / split, num_shards=1 if len(rows) == 0 else None)  # 0 shards would not load
     (partial / "stats.json").write_text(json.dumps(result.stats, indent=1))
     try:
@@ -158,5 +188,5 @@ def prepare_mix(
         shutil.rmtree(partial, ignore_errors=True)
     if not saved.is_dir():
         raise OSError(f"could not save the prepared mix in {saved}")
-    train, val = Dataset.load_from_disk(saved / "train"), Dataset.load_from_disk(saved / "val")
-    return PreparedMix(train, val, json.loads((saved / "stats.json").read_text()))
+    splits = (Dataset.load_from_disk(saved / split) for split in SPLITS)
+    return PreparedMix(*splits, json.loads((saved / "stats.json").read_text()))

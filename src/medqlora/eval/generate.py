@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from medqlora.data.chat import END_OF_TURN, THOUGHT_CLOSE
+from medqlora.eval import MAX_NEW_TOKENS
 from medqlora.eval.decode import GreedyDecoder
 from medqlora.eval.scoring import prompt_ids
 
-MAX_NEW_TOKENS = 512
 """Longest generated answer, by default (`medqlora generate`, the key-point prompts)."""
 
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from medqlora.eval import keypoints
-from medqlora.eval.generate import MAX_NEW_TOKENS, generate
+from medqlora.eval import BATCH_TOKENS, MAX_NEW_TOKENS, keypoints
+from medqlora.eval.generate import generate
 from medqlora.eval.items import DEFAULT_BENCHMARKS, BenchmarkSpec, load_items
-from medqlora.eval.scoring import BATCH_TOKENS, BatchSize, choice_logprobs, summarise
+from medqlora.eval.scoring import BatchSize, choice_logprobs, summarise
 from medqlora.io import atomic_write_text
 from medqlora.model.adapter import check_adapter_dir, load_adapted
 from medqlora.model.inference import for_inference

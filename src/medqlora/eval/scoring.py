@@ -20,12 +20,12 @@ import torch
 from tqdm.auto import tqdm
 
 from medqlora.data.chat import generation_prompt
+from medqlora.eval import BATCH_TOKENS
 from medqlora.eval.items import Item
 from medqlora.model.kv_shared import only_at
 from medqlora.model.masks import shared_prompt_masks
 from medqlora.model.parts import embedded_inputs, logits, ple_rows_for, text_model
 
-BATCH_TOKENS = 8192
 """Tokens per scoring forward, by default (`--batch-size`): E2B stays under 6 GiB with its inference weights."""
 ROW_TOKENS = 1024
 """Width of a packed row, unless an item is longer (then the longest item, rounded up to 64)."""

@@ -1,5 +1,5 @@
 """The adapter's lifecycle in one place: save it (PEFT format, tokenizer, card), check a directory holds one, load
-it onto its base, and merge it into bf16 weights.
+it onto its base, continue training from it (`model.init_adapter`), and merge it into bf16 weights.
 
 Module names in a saved adapter are the full model's (`model.lora`), so it also loads with the model card's own
 snippet: `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), ADAPTER)`.
@@ -8,6 +8,7 @@ snippet: `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -16,6 +17,7 @@ from medqlora.hub import load_tokenizer, resolve_name_or_path
 from medqlora.io import atomic_directory
 from medqlora.model.card import render
 from medqlora.model.loading import QuantSpec, load_base_model
+from medqlora.model.lora import LoraSpec
 from medqlora.runs import PROGRESS_FILE
 
 
@@ -59,6 +61,84 @@ def adapter_base(adapter_dir: str | Path) -> str:
     """The base model an adapter was trained on, from its adapter_config.json."""
     config = check_adapter_dir(adapter_dir) / "adapter_config.json"
     return json.loads(config.read_text())["base_model_name_or_path"]
+
+
+def find_adapter(name_or_path: str, setting: str = "model.init_adapter") -> Path:
+    """A local adapter directory, or a hub adapter's config and weights (fetched once, then read from the hub cache,
+    offline too)."""
+    path = Path(name_or_path).expanduser()
+    if path.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1:
+        try:
+            return check_adapter_dir(path)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"{setting}={name_or_path!r}: {err}") from None
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(name_or_path, allow_patterns=["adapter_config.json", *WEIGHT_FILES]))
+    except Exception as err:  # offline without a cached copy, a typo, a gated repo
+        raise FileNotFoundError(
+            f"{setting}={name_or_path!r}: not a local adapter directory, and the hub gave no adapter "
+            f"({type(err).__name__}); pass a run's adapter/ folder, or a hub id reachable from here"
+        ) from err
+
+
+def _projections(targets) -> list[str]:
+    """The projection names a PEFT `target_modules` (medqlora's regex, or a list of names) adapts."""
+    text = targets if isinstance(targets, str) else " ".join(targets or [])
+    return sorted(set(re.findall(r"[a-z]+_proj", text)))
+
+
+def continued_lora(adapter_dir: Path, given: LoraSpec | None, name_or_path: str, setting: str) -> LoraSpec:
+    """The LoRA settings of the adapter a run continues: its r, alpha and targets (`given`, when set, must agree;
+    its dropout may differ: it is a training setting, not part of the weights). Its base must be `name_or_path`
+    (the same hub id or folder, or a local copy of the same name)."""
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    base = str(config.get("base_model_name_or_path"))
+    ours = resolve_name_or_path(name_or_path)
+    if base not in (name_or_path, ours) and Path(base).name.lower() != Path(ours).name.lower():
+        raise ValueError(
+            f"{setting} was trained on {base!r}, but model.name_or_path={name_or_path!r}; set "
+            f"model.name_or_path to {base!r} (or a local copy of it)"
+        )
+    theirs = {"r": config["r"], "alpha": config["lora_alpha"], "targets": _projections(config["target_modules"])}
+    if given is None:
+        return LoraSpec(
+            r=theirs["r"], alpha=theirs["alpha"], dropout=config.get("lora_dropout", 0.05), targets=theirs["targets"]
+        )
+    mine = {"r": given.r, "alpha": given.alpha, "targets": sorted(given.targets)}
+    clash = [f"model.lora.{k}={mine[k]} but the adapter has {theirs[k]}" for k in theirs if mine[k] != theirs[k]]
+    if clash:
+        raise ValueError(
+            f"{setting}: " + "; ".join(clash) + ". Its weights fix r, alpha and targets: drop "
+            "model.lora (they are read from the adapter) or set them to the adapter's"
+        )
+    return given
+
+
+def load_adapter_weights(model, adapter_dir: Path, setting: str = "model.init_adapter") -> int:
+    """Copy a saved adapter's weights into `model`'s fresh LoRA (same names and shapes: `continued_lora` checked
+    them); returns how many tensors were loaded. A weight the model has no place for, or a LoRA weight of the model
+    the adapter lacks, is an error naming it."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+    weights = adapter_dir / WEIGHT_FILES[0]
+    if weights.is_file():
+        from safetensors.torch import load_file
+
+        state = load_file(weights)
+    else:
+        state = torch.load(adapter_dir / WEIGHT_FILES[1], map_location="cpu", weights_only=True)
+    expected = set(get_peft_model_state_dict(model))
+    missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or extra:
+        raise ValueError(
+            f"{setting} ({adapter_dir}) does not fit this model: "
+            f"{len(missing)} LoRA weights missing (e.g. {missing[:2]}), {len(extra)} unknown (e.g. {extra[:2]}); "
+            "continue an adapter trained on the same base with the same targets"
+        )
+    set_peft_model_state_dict(model, state)
+    return len(state)
 
 
 def load_adapted(

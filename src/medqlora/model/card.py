@@ -8,6 +8,7 @@ Reads the run directory: `config.yaml` (the resolved config LightningCLI saved),
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import yaml
@@ -21,10 +22,23 @@ For research on medical question answering and clinical reasoning with small mod
 what fine-tuning on medical instruction data changes, and as a starting point for further supervised work.
 It is not a medical device and must not be used for diagnosis, treatment or triage, nor to give advice to
 patients. Its answers can be fluent and wrong; the benchmarks above measure multiple-choice recognition and
-key-point coverage, not clinical safety. The training mix is English, drawn from exam questions (MedQA),
-synthetic reasoning traces (medical-o1-reasoning-SFT) and instruction data (AlpaCare), so it inherits their
-biases, their coverage gaps and their licences (AlpaCare is CC BY-NC 4.0: no commercial use). The key-point
-score counts whether expected terms appear, not whether the answer is correct or safe."""
+key-point coverage, not clinical safety. {data} The key-point score counts whether expected terms appear, not
+whether the answer is correct or safe."""
+RECIPE_DATA = """The training mix is English, drawn from exam questions (MedQA), synthetic reasoning traces
+(medical-o1-reasoning-SFT) and instruction data (AlpaCare), so it inherits their biases, their coverage gaps and
+their licences (AlpaCare is CC BY-NC 4.0: no commercial use)."""
+
+
+def limitations(data: dict) -> str:
+    """The card's intended-use section, naming the data this run actually trained on."""
+    if data.get("recipe_sources"):
+        return LIMITATIONS.format(data=RECIPE_DATA)
+    sources = data.get("sources") or {}
+    named = "; ".join(f"{name} (`{s.get('location')}`, licence {s.get('license')})" for name, s in sources.items())
+    return LIMITATIONS.format(
+        data=f"It was trained on {named or 'the data in the table above'}, so it inherits that data's biases, "
+        "coverage gaps and licences: check them before any use."
+    )
 
 
 def _read(path: Path, loader):
@@ -80,12 +94,23 @@ def render(run_dir: Path, adapter_dir: Path) -> str:
     adapter_config = _read(adapter_dir / "adapter_config.json", json.loads) or {}
     state = _read(adapter_dir / PROGRESS_FILE, json.loads)
     model, data_cfg, trainer = config.get("model", {}), config.get("data", {}), config.get("trainer", {})
-    lora, quant = model.get("lora", {}), model.get("quantization", {})
+    quant = model.get("quantization") or {}
+    lora = model.get("lora") or {  # not set: read from the adapter (model.init_adapter)
+        "r": adapter_config.get("r"),
+        "alpha": adapter_config.get("lora_alpha"),
+        "dropout": adapter_config.get("lora_dropout"),
+        "targets": re.findall(r"[a-z]+_proj", str(adapter_config.get("target_modules"))),
+    }
     base = adapter_config.get("base_model_name_or_path", model.get("name_or_path"))
     out = [
         f"# {model.get('name_or_path')} + medqlora LoRA adapter",
         "",
-        f"A LoRA adapter for `{model.get('name_or_path')}`, trained by medqlora on a medical mix.",
+        f"A LoRA adapter for `{model.get('name_or_path')}`, trained by medqlora on "
+        + (
+            "the recipe's medical mix."
+            if data.get("recipe_sources")
+            else f"{', '.join(data.get('sources') or {}) or 'its own data'}."
+        ),
         "",
         *([line, ""] if (line := progress_line(state)) else []),
         "## Base model and adapter",
@@ -94,6 +119,14 @@ def render(run_dir: Path, adapter_dir: Path) -> str:
         f"(double quant {quant.get('double_quant')}, compute {quant.get('compute_dtype')})",
         f"- LoRA: r={lora.get('r')}, alpha={lora.get('alpha')}, dropout={lora.get('dropout')} on "
         f"{', '.join(lora.get('targets', []))} of every language-model layer",
+        *(
+            [
+                f"- continued from the adapter `{model['init_adapter']}`: its weights were the starting point; "
+                "the optimizer and learning-rate schedule started fresh"
+            ]
+            if model.get("init_adapter")
+            else []
+        ),
         "",
     ]
     out += ["## Data", "", "| source | location | licence | train rows | val rows |", "|---|---|---|---|---|"]
@@ -168,7 +201,7 @@ def render(run_dir: Path, adapter_dir: Path) -> str:
                 out.append(f"| {name} | {kp['base']['disciplines'][name]:.1f} | {value:.1f} |")
             out += [f"| **average** | {kp['base']['average']:.1f} | {kp['adapter']['average']:.1f} |", ""]
     out += [
-        LIMITATIONS,
+        limitations(data),
         "",
         "## Use",
         "",

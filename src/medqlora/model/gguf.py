@@ -35,8 +35,8 @@ def _runtime_version() -> str:
         return version("llama-cpp-python")
     except Exception:  # noqa: BLE001 - not installed: say how to install it
         raise RuntimeError(
-            'export: llama.cpp\'s runtime is not installed: pip install -e ".[gguf]" (builds llama-cpp-python, a few '
-            "minutes), or set MEDQLORA_LLAMA_CPP to a llama.cpp checkout"
+            "export: llama.cpp's runtime is not installed: install the gguf extra with the README's line (it builds "
+            "llama-cpp-python from source, minutes), or set MEDQLORA_LLAMA_CPP to a llama.cpp checkout"
         ) from None
 
 
@@ -54,12 +54,19 @@ def converter_dir() -> Path:
     folder = default_cache_dir() / f"llama.cpp-{version}"
     if (folder / "convert_hf_to_gguf.py").is_file():
         return folder
+    print(
+        f"export: fetching llama.cpp's converters once: the llama-cpp-python=={version} source distribution "
+        f"(tens of MB; pip shows its size and progress) into {folder}",
+        file=sys.stderr,
+        flush=True,
+    )
     with tempfile.TemporaryDirectory() as download:
-        # pip, not a URL: the package index the user's pip is set up for, with its proxies and mirrors
+        # pip, not a URL: the package index the user's pip is set up for, with its proxies and mirrors; its lines
+        # ("Downloading llama_cpp_python-X.tar.gz (N MB)" and the progress bar) go to the user's terminal
         got = subprocess.run(
             [sys.executable, "-m", "pip", "download", f"llama-cpp-python=={version}", "--no-deps", "--no-binary",
-             ":all:", "-d", download, "-q"],
-            capture_output=True, text=True,
+             ":all:", "-d", download, "--progress-bar", "on"],
+            stdout=2, stderr=subprocess.PIPE, text=True,  # stdout to the terminal's stderr
         )  # fmt: skip
         archives = list(Path(download).glob("llama_cpp_python-*.tar.gz"))
         if got.returncode != 0 or not archives:

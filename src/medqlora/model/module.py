@@ -17,7 +17,8 @@ from torchmetrics import MeanMetric
 from medqlora import compat
 from medqlora.data.chat import IGNORE_INDEX
 from medqlora.data.collate import sample_bounds
-from medqlora.hub import load_config
+from medqlora.hub import load_config, load_tokenizer
+from medqlora.model.adapter import continued_lora, find_adapter, load_adapter_weights
 from medqlora.model.attention import register as register_attention
 from medqlora.model.compile import compile_decoder_layers, missing_compiler
 from medqlora.model.distributed import clean_name, is_fsdp
@@ -26,7 +27,7 @@ from medqlora.model.lean import LeanSpec
 from medqlora.model.loading import QuantSpec, load_base_model
 from medqlora.model.lora import LoraSpec, apply_lora, trainable_summary
 from medqlora.model.loss import LossOutput, chunked_lm_loss, full_logits_loss
-from medqlora.model.masks import packed_attention_masks
+from medqlora.model.masks import packed_attention_masks, sample_ids
 from medqlora.model.optimizer import Optimizer, build_optimizer
 from medqlora.model.parts import embedded_inputs, lm_head, ple_rows_for, text_model
 from medqlora.model.plan import PER_SAMPLE, Form, RunFacts, StepPlan, plan_step
@@ -60,6 +61,10 @@ class QLoRAModule(L.LightningModule):
         betas: AdamW betas.
         gradient_checkpointing: recompute decoder layers in backward (non-reentrant).
         lean: memory/speed switches (see LeanSpec).
+        init_adapter: start from this PEFT adapter's weights (a run's `adapter/` folder, or a hub id such as
+            `fulvio/gemma-4-e2b-medical-qlora-adapter`) instead of a fresh LoRA: its r, alpha and targets are read from
+            it (a `lora` that contradicts them is refused) and its base must be `name_or_path`. The optimizer and
+            schedule start fresh: this begins a new run, `--ckpt_path` continues one.
         seed: seed of the adapter's initialisation and of the dropout stream that follows it, so a run does not
             depend on how much randomness data preparation happened to draw (e.g. cache hit or miss).
     """
@@ -75,6 +80,7 @@ class QLoRAModule(L.LightningModule):
         betas: tuple[float, float] = (0.9, 0.999),
         gradient_checkpointing: bool = True,
         lean: LeanSpec | None = None,
+        init_adapter: str | None = None,
         seed: int = 0,
     ):
         super().__init__()
@@ -85,6 +91,9 @@ class QLoRAModule(L.LightningModule):
         self.save_hyperparameters()
         self.name_or_path, self.optimizer_name = name_or_path, optimizer
         self.quant, self.lora = quantization or QuantSpec(), lora or LoraSpec()
+        self.parent_adapter = find_adapter(init_adapter) if init_adapter else None
+        if self.parent_adapter is not None:
+            self.lora = continued_lora(self.parent_adapter, lora, name_or_path, f"model.init_adapter={init_adapter!r}")
         self.lean = lean or LeanSpec()
         self.config = load_config(name_or_path)
         text = self.config.get_text_config()
@@ -139,6 +148,8 @@ class QLoRAModule(L.LightningModule):
         torch.manual_seed(self.hparams.seed)
         with torch.device("cpu"):  # one init per seed on any device and strategy (CUDA draws another stream)
             self.model = apply_lora(base, self.lora)  # PEFT moves each adapter to its base layer's device
+        if self.parent_adapter is not None:
+            load_adapter_weights(self.model, self.parent_adapter)
         if self.plan.compile_layers:
             compile_decoder_layers(self.model, self.hparams.gradient_checkpointing)
         scaler = getattr(self.trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
@@ -251,10 +262,33 @@ class QLoRAModule(L.LightningModule):
         """Same as validation, logged under test/."""
         self._log_step(self(batch), "test")
 
-    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
-        """Per batch: mean loss, and the predicted vs target token at every supervised position."""
+    def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
+        """Per row of the batch: its id, supervised tokens, next-token accuracy on them, and the greedy next-token
+        predictions (teacher-forced) beside the target, as text. `callbacks.predictions` writes them as JSON lines."""
         out = self(batch)
-        return {"loss": out.loss.detach(), "preds": out.preds, "targets": out.targets}
+        targets = batch["labels"][:, 1:].cpu()  # what each position predicts (the loss's shift)
+        supervised = targets != IGNORE_INDEX
+        preds = torch.full_like(targets, IGNORE_INDEX)
+        preds[supervised] = out.preds[out.targets != IGNORE_INDEX].cpu()  # every position when shape-fixed
+        positions = batch.get("position_ids")
+        rows = sample_ids(positions.cpu()) if positions is not None else torch.zeros_like(batch["labels"].cpu())
+        # a sample per row of a padded batch; packed rows' samples in order, filler segments (no labels) left out
+        segment = (rows + torch.arange(len(rows))[:, None] * (rows.max() + 1))[:, 1:]
+        tokenizer = load_tokenizer(self.name_or_path)
+        lines = []
+        for row_id, seg in zip(batch.get("row_ids") or [], segment[supervised].unique_consecutive()):
+            mine = supervised & (segment == seg)
+            predicted, target = preds[mine], targets[mine]
+            lines.append(
+                {
+                    "row_id": row_id,
+                    "supervised_tokens": int(mine.sum()),
+                    "accuracy": round(float((predicted == target).float().mean()), 4),
+                    "prediction": tokenizer.decode(predicted.tolist()),
+                    "target": tokenizer.decode(target.tolist()),
+                }
+            )
+        return lines
 
     # -- optimizer and checkpoints --------------------------------------------------------------------
     def configure_optimizers(self) -> torch.optim.Optimizer:
