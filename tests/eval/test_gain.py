@@ -164,7 +164,10 @@ def test_generate_command_prints_one_answer_per_prompt(trained, tmp_path, capsys
     adapter, *_ = trained
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("A cardiac case. Which option?\n\nA renal case. Which option?\n")
-    run(["generate", str(adapter), "--prompts-file", str(prompts), "--max-new-tokens", "3"])
+    run(["generate", str(adapter), "--prompts-file", str(prompts), "--max-new-tokens", "3", "--json"])
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert [line["prompt"] for line in lines] == ["A cardiac case. Which option?", "A renal case. Which option?"]
     assert all(isinstance(line["answer"], str) and "<turn|>" not in line["answer"] for line in lines)
+    run(["generate", str(adapter), "--prompts-file", str(prompts), "--max-new-tokens", "3"])  # as text
+    text = capsys.readouterr().out
+    assert text.startswith("> A cardiac case. Which option?\n") and "\n\n> A renal case. Which option?\n" in text

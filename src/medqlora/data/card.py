@@ -50,7 +50,7 @@ class DataCard:
             own = lengths[mine] if mine.any() else np.array([0])
             sources[name] = {
                 **{k: v for k, v in s.items() if k not in ("train", "val", "test")},
-                "drawn": {split: s[split] for split in ("train", "val", "test") if split in s},  # conversations
+                "drawn": {split: s[split] for split in ("train", "val", *(("test",) if dm.test_fraction else ()))},
                 "train_rows": int(mine.sum()),  # samples trained and validated on: a trained turn each
                 "val_rows": val_sources.count(name),
                 **({"test_rows": test_sources.count(name)} if dm.test_fraction else {}),
