@@ -49,11 +49,11 @@ def case(args: argparse.Namespace) -> None:
     n_rows = (
         MICRO_BATCH
         * (WARMUP_BATCHES + TIMED_BATCHES)
-        * (8 if args.rows == "real-lengths" else 1)
+        * (8 if args.rows != "full-2x2048" else 1)
         * scale
         * max(args.devices, args.same_rows_as)
     )
-    rows = synthetic_rows(args.rows, n_rows, vocab, seed=0)
+    rows = synthetic_rows(args.rows, n_rows, vocab, seed=0, max_len=args.pack_tokens)
     if args.rows == "full-2x2048" and args.model == "tiny":
         rows = [{k: v[:256] for k, v in r.items()} for r in rows]  # CPU smoke test
     workload.FLOP_MODEL = FlopModel.from_config(load_config(model_path), LORA["r"], LORA["targets"])
@@ -90,6 +90,8 @@ def case(args: argparse.Namespace) -> None:
             "ple_shared": not args.ple_private,
             "same_rows_as": args.same_rows_as,
             "loss_chunk": args.loss_chunk,
+            "checkpoint_share": args.checkpoint_share,
+            "offload_checkpoints": args.offload_checkpoints,
             **medqlora_run.lean_switches(args),
             "lean_from_recipe": args.recipe_lean,
             "sdpa_math": args.sdpa_math,
@@ -210,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--reference", type=Path, default=Path(__file__).with_name("gemma4-e2b-config.json"))
     c = sub.add_parser("case")
     c.add_argument("--system", choices=["plain-recipe", "plain-careful", "medqlora", "trl"], required=True)
-    c.add_argument("--rows", choices=["full-2x2048", "real-lengths"], required=True)
+    c.add_argument("--rows", choices=["full-2x2048", "real-lengths", "long-tail"], required=True)
     c.add_argument("--model", required=True)
     c.add_argument("--json", required=True)
     c.add_argument("--layout", choices=["packed", "padded"], default="packed", help="medqlora only")
@@ -242,6 +244,9 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--compile", action="store_true", help="medqlora only: lean.compile_layers")
     c.add_argument("--loss-grad-in-forward", action="store_true", help="medqlora only: lean.loss_grad_in_forward")
     c.add_argument("--cuda-graph", action="store_true", help="medqlora only: lean.cuda_graph")
+    c.add_argument("--checkpoint-share", type=float, default=1.0, help="medqlora only: lean.checkpoint_share")
+    c.add_argument("--offload-checkpoints", action="store_true", help="medqlora only: lean.offload_checkpoints")
+    c.add_argument("--no-check", action="store_true", help="medqlora only: skip the first batch's check against today")
     c.add_argument(
         "--skip-guards",
         action="store_true",

@@ -21,6 +21,8 @@ def lean_switches(args) -> dict:
     if args.recipe_lean:
         keys = ("attention", "compile_layers", "loss_grad_in_forward", "cuda_graph")
         switches = {k: RECIPE["model"]["lean"][k] for k in keys}
+        if getattr(args, "offload_checkpoints", False):  # the graph cannot capture the host copies
+            switches["cuda_graph"] = "auto"
         return {**switches, "attention": args.attention or switches["attention"]}
     return {
         "attention": args.attention or "sdpa",
@@ -122,7 +124,7 @@ def run_medqlora(
     new_path = switches["compile_layers"] or switches["loss_grad_in_forward"] or switches["cuda_graph"]
     first = (
         [PathCheck(CHECKS, switches["loss_grad_in_forward"], WARMUP_BATCHES)]
-        if new_path or switches["attention"] in ("varlen", "flex", "auto")
+        if (new_path or switches["attention"] in ("varlen", "flex", "auto")) and not args.no_check
         else []
     )
     extra = []
@@ -170,6 +172,8 @@ def run_medqlora(
             "ple_on_host": not args.ple_on_gpu,
             "ple_shared": not args.ple_private,
             "loss_chunk_size": args.loss_chunk,
+            "checkpoint_share": args.checkpoint_share,
+            "offload_checkpoints": args.offload_checkpoints,
             **switches,
         }
     )

@@ -61,12 +61,30 @@ def expected_epoch_supervised_tokens(rows: int = EPOCH_ROWS, draws: int = 200_00
     return round(sum(mix_lengths(rng)[1] for _ in range(draws)) / draws * rows)
 
 
-def synthetic_rows(kind: str, n: int, vocab: int, seed: int = 0) -> list[dict]:
-    """Rows of random token ids: full 2048-token rows (all supervised), or the mix's length profile."""
+LONG_TAIL = (90, 900, 1.0)  # the reasoning source's prompt and answer medians, with a lognormal sigma of 1: a long tail
+
+
+def long_tail_lengths(rng: random.Random, max_len: int) -> tuple[int, int]:
+    """(prompt, answer) of a reasoning row whose answer runs to a long tail (1 in 10 over 3,200 tokens, 1 in 37
+    over 6,200), capped at `max_len`."""
+    prompt_median, answer_median, sigma = LONG_TAIL
+    prompt = max(4, round(rng.lognormvariate(math.log(prompt_median), 0.5)))
+    answer = max(2, round(rng.lognormvariate(math.log(answer_median), sigma)))
+    return prompt, min(answer, max_len - prompt)
+
+
+def synthetic_rows(kind: str, n: int, vocab: int, seed: int = 0, max_len: int = MAX_LEN) -> list[dict]:
+    """Rows of random token ids: full 2048-token rows (all supervised), the mix's length profile, or reasoning rows
+    with a long tail up to `max_len` (`long-tail`)."""
     rng = random.Random(seed)
     rows = []
     for _ in range(n):
-        prompt, answer = (1, MAX_LEN - 1) if kind == "full-2x2048" else mix_lengths(rng)
+        if kind == "full-2x2048":
+            prompt, answer = 1, MAX_LEN - 1
+        elif kind == "long-tail":
+            prompt, answer = long_tail_lengths(rng, max_len)
+        else:
+            prompt, answer = mix_lengths(rng)
         ids = [2] + [rng.randrange(3, vocab) for _ in range(prompt + answer - 1)]
         rows.append({"input_ids": ids, "labels": [-100] * prompt + ids[prompt:]})
     return rows

@@ -36,10 +36,10 @@ def make_module(lean: LeanSpec | None = None, dropout: float = 0.0, **kwargs) ->
     return module
 
 
-def perturbed_module(lean: LeanSpec | None = None, compute_dtype: str = "bfloat16") -> QLoRAModule:
-    """A tiny module whose LoRA B is non-zero (it starts at zero), so gradients reach A too."""
+def perturbed_module(lean: LeanSpec | None = None, compute_dtype: str = "bfloat16", **kwargs) -> QLoRAModule:
+    """A tiny module whose LoRA B is non-zero (it starts at zero), so gradients reach A too (kwargs: QLoRAModule's)."""
     torch.manual_seed(1)
-    module = make_module(lean=lean, quantization=QuantSpec(compute_dtype=compute_dtype))
+    module = make_module(lean=lean, quantization=QuantSpec(compute_dtype=compute_dtype), **kwargs)
     torch.manual_seed(2)
     with torch.no_grad():
         for name, p in module.model.named_parameters():

@@ -173,6 +173,17 @@ def enable_activation_checkpointing(model: nn.Module, kwargs: dict) -> None:
     enable(kwargs)
 
 
+def checkpoint_function(layer: nn.Module) -> Callable:
+    """The function transformers' gradient checkpointing runs a layer through (a partial of torch's checkpoint),
+    set on each layer by `gradient_checkpointing_enable` as the private `_gradient_checkpointing_func` (5.17-5.25)."""
+    return layer._gradient_checkpointing_func
+
+
+def set_checkpoint_function(layer: nn.Module, function: Callable) -> None:
+    """Replace the function transformers checkpoints `layer` through (`checkpoint_function`)."""
+    layer._gradient_checkpointing_func = function
+
+
 def cache_kwarg(text_model: nn.Module) -> str:
     """The keyword the text model takes its KV cache under: transformers 5.17 says `past_key_values`, 5.2x `cache`
     (the old name still accepted there, with a deprecation warning)."""

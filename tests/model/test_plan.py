@@ -34,6 +34,9 @@ CASES = [
     ({"cuda_graph": True}, dataclasses.replace(GPU, packing=False), "data.packing"),
     ({"compile_layers": True, "cuda_graph": False}, FSDP, "under FSDP (trainer.strategy QLoRAFSDPStrategy)"),
     ({}, dataclasses.replace(GPU, missing_compiler="gcc"), "(gcc: apt install build-essential)"),
+    ({"offload_checkpoints": True, "cuda_graph": True}, None, "offload_checkpoints=true with model.lean.cuda_graph"),
+    ({"offload_checkpoints": True, "checkpoint_share": 0.0}, None, "no layer is checkpointed"),
+    ({"offload_checkpoints": True}, FSDP, "offload_checkpoints=true is not supported under FSDP"),
     ({}, dataclasses.replace(FSDP, quant_storage="uint8"), "quant_storage='uint8' cannot be sharded"),
 ]
 

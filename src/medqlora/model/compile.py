@@ -27,22 +27,28 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from medqlora.compat import own_forward, raise_recompile_limit, replace_forward
+from medqlora.model.checkpointing import offloaded
 from medqlora.model.parts import text_model
 
 RECOMPILE_LIMIT = 64  # graphs per compiled function: E2B's layer variants need ~8, dynamo's default limit is 8
 
 
 class CompiledLayerForward:
-    """A decoder layer's forward through the shared compiled function, checkpointed when training with grad."""
+    """A decoder layer's forward through the shared compiled function, checkpointed when training with grad (its
+    inputs kept in host memory with `offload`: model/checkpointing.py)."""
 
-    def __init__(self, layer: torch.nn.Module, compiled, eager, checkpointing: bool):
+    def __init__(self, layer: torch.nn.Module, compiled, eager, checkpointing: bool, offload: bool = False):
         self.layer, self.compiled, self.eager, self.checkpointing = layer, compiled, eager, checkpointing
+        self.checkpoint = offloaded(checkpoint) if offload else checkpoint
         self.use_eager = False
 
     def __call__(self, *args, **kwargs):
         fn = self.eager if self.use_eager else self.compiled
         if self.checkpointing and self.layer.training and torch.is_grad_enabled():
-            return checkpoint(partial(fn, self.layer, **kwargs), *args, use_reentrant=False)
+            if self.checkpoint is not checkpoint:  # offloaded inputs come back contiguous: hand them in that way, so
+                # the recomputation meets the strides the graph was compiled for (the per-layer input is a view)
+                args = tuple(a.contiguous() if isinstance(a, torch.Tensor) else a for a in args)
+            return self.checkpoint(partial(fn, self.layer, **kwargs), *args, use_reentrant=False)
         return fn(self.layer, *args, **kwargs)
 
 
@@ -61,17 +67,18 @@ def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     return text_model(model).layers
 
 
-def compile_decoder_layers(model: torch.nn.Module, checkpointing: bool) -> int:
-    """Route every decoder layer through one `torch.compile`d forward; returns how many layers were routed.
+def compile_decoder_layers(model: torch.nn.Module, checkpointed: set[int], offload: bool = False) -> int:
+    """Route every decoder layer through one `torch.compile`d forward, those in `checkpointed` (indices) recomputed in
+    backward; returns how many layers were routed.
 
     Compilation itself happens at the first forward of each layer variant. Call after the adapter is applied."""
     layers = decoder_layers(model)
     eager = own_forward(type(layers[0]))
     compiled = torch.compile(eager, dynamic=False, options={"fallback_random": True})
     raise_recompile_limit(RECOMPILE_LIMIT)
-    for layer in layers:
+    for index, layer in enumerate(layers):
         layer.gradient_checkpointing = False  # checkpointed by CompiledLayerForward instead
-        replace_forward(layer, CompiledLayerForward(layer, compiled, eager, checkpointing))
+        replace_forward(layer, CompiledLayerForward(layer, compiled, eager, index in checkpointed, offload))
     return len(layers)
 
 

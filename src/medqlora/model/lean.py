@@ -46,6 +46,11 @@ class LeanSpec:
             above, 2.39x eager layers at 2 x 2048 on an H100, +0.09 GiB). `auto` (default): on wherever it can
             capture (one GPU, bf16 or fp32, packed rows, chunked loss, attention not eager); `true` elsewhere is
             refused, or on a CPU runs the graph's step uncaptured. model/plan.py lists what goes with what.
+        checkpoint_share: with `model.gradient_checkpointing` on, the share of decoder layers recomputed in backward,
+            evenly spaced (1.0, the recipe's: every layer; 0.5: every other one); the others keep their activations:
+            faster, more memory (model/checkpointing.py).
+        offload_checkpoints: the checkpointed layers' inputs (all a checkpoint keeps) wait in host memory instead of
+            on the GPU: what long rows need; synchronous copies, so the host waits at each layer, and no CUDA graph.
     """
 
     chunked_loss: bool = True
@@ -58,8 +63,15 @@ class LeanSpec:
     loss_grad_in_forward: bool = True
     compile_layers: bool | Literal["auto"] = "auto"
     cuda_graph: bool | Literal["auto"] = "auto"
+    checkpoint_share: float = 1.0
+    offload_checkpoints: bool = False
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.checkpoint_share <= 1.0:
+            raise ValueError(
+                f"model.lean.checkpoint_share={self.checkpoint_share} must be in [0, 1] (1: every layer, the recipe's; "
+                "0: none, as model.gradient_checkpointing=false)"
+            )
         if self.loss_chunk_size < 1:
             raise ValueError(f"model.lean.loss_chunk_size={self.loss_chunk_size} must be >= 1 (default 256)")
         if self.attention not in ("auto", "varlen", "flex", "sdpa", "eager"):

@@ -20,6 +20,7 @@ from medqlora.data.collate import sample_bounds
 from medqlora.hub import load_config, load_tokenizer
 from medqlora.model.adapter import continued_lora, find_adapter, load_adapter_weights
 from medqlora.model.attention import register as register_attention
+from medqlora.model.checkpointing import apply_to_eager_layers, checkpointed_layers
 from medqlora.model.compile import compile_decoder_layers, missing_compiler
 from medqlora.model.distributed import clean_name, is_fsdp
 from medqlora.model.host_embedding import HostEmbedding, share_across_local_ranks
@@ -59,7 +60,8 @@ class QLoRAModule(L.LightningModule):
         lr: peak learning rate (the schedule callback scales it).
         weight_decay: AdamW weight decay.
         betas: AdamW betas.
-        gradient_checkpointing: recompute decoder layers in backward (non-reentrant).
+        gradient_checkpointing: recompute decoder layers in backward (non-reentrant): `lean.checkpoint_share` of
+            them, every one by default (model/checkpointing.py).
         lean: memory/speed switches (see LeanSpec).
         init_adapter: start from this PEFT adapter's weights (a run's `adapter/` folder, or a hub id such as
             `fulvio/gemma-4-e2b-medical-qlora-adapter`) instead of a fresh LoRA: its r, alpha and targets are read from
@@ -88,6 +90,11 @@ class QLoRAModule(L.LightningModule):
             raise ValueError(f"model.lr={lr} must be > 0 (recipe: 2e-4)")
         if weight_decay < 0:
             raise ValueError(f"model.weight_decay={weight_decay} must be >= 0")
+        if lean is not None and lean.offload_checkpoints and not gradient_checkpointing:
+            raise ValueError(
+                "model.lean.offload_checkpoints=true with model.gradient_checkpointing=false: only checkpointed "
+                "layers' inputs are offloaded; turn gradient_checkpointing on or offload_checkpoints off"
+            )
         self.save_hyperparameters()
         self.name_or_path, self.optimizer_name = name_or_path, optimizer
         self.quant, self.lora = quantization or QuantSpec(), lora or LoraSpec()
@@ -137,6 +144,7 @@ class QLoRAModule(L.LightningModule):
         elif self.hparams.gradient_checkpointing:
             compat.enable_activation_checkpointing(base, gc_kwargs)
             base.enable_input_require_grads()
+            apply_to_eager_layers(text_model(base).layers, self.lean.checkpoint_share, self.lean.offload_checkpoints)
         host = text_model(base).embed_tokens_per_layer
         if (
             isinstance(host, HostEmbedding)
@@ -151,7 +159,10 @@ class QLoRAModule(L.LightningModule):
         if self.parent_adapter is not None:
             load_adapter_weights(self.model, self.parent_adapter)
         if self.plan.compile_layers:
-            compile_decoder_layers(self.model, self.hparams.gradient_checkpointing)
+            share = self.lean.checkpoint_share if self.hparams.gradient_checkpointing else 0.0
+            n_layers = len(text_model(self.model).layers)
+            checkpointed = checkpointed_layers(n_layers, share)
+            compile_decoder_layers(self.model, checkpointed, self.lean.offload_checkpoints)
         scaler = getattr(self.trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
         self.train_step = TrainStep(
             lambda batch: self.forward(batch, self.plan.train),

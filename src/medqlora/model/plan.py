@@ -168,6 +168,24 @@ CONFLICTS: list[Conflict] = [
         lambda lean, run: run is not None and run.missing_compiler is not None and resolve_compile(lean, run),
     ),
     Conflict(
+        "model.lean.offload_checkpoints=true with model.lean.cuda_graph=true",
+        "the graph cannot capture the copies to host memory",
+        "set cuda_graph to auto (off with offloading) or false, or offload_checkpoints to false",
+        lambda lean, run: lean.offload_checkpoints and _on(lean.cuda_graph),
+    ),
+    Conflict(
+        "model.lean.offload_checkpoints=true with model.lean.checkpoint_share=0",
+        "only checkpointed layers' inputs are offloaded, and no layer is checkpointed",
+        "raise checkpoint_share, or set offload_checkpoints to false",
+        lambda lean, run: lean.offload_checkpoints and lean.checkpoint_share == 0,
+    ),
+    Conflict(
+        "model.lean.offload_checkpoints=true is not supported under FSDP (trainer.strategy {strategy})",
+        "its units gather and free the weights around the very layers whose inputs would move to the host",
+        "set it to false, or train with DDP (configs/ddp.yaml)",
+        lambda lean, run: lean.offload_checkpoints and run is not None and run.fsdp,
+    ),
+    Conflict(
         "model.quantization.quant_storage={quant_storage!r} cannot be sharded by FSDP (trainer.strategy {strategy})",
         "FSDP's flat parameters hold one dtype",
         "set it to the compute dtype ({compute_dtype!r}), as configs/fsdp.yaml does",
@@ -191,8 +209,8 @@ def resolve_compile(lean: LeanSpec, run: RunFacts) -> bool:
 
 
 def resolve_graph(lean: LeanSpec, run: RunFacts) -> bool:
-    """`cuda_graph`, with `auto` on wherever it can capture: one GPU, no loss scaler, packed rows, chunked loss, and
-    attention other than eager.
+    """`cuda_graph`, with `auto` on wherever it can capture: one GPU, no loss scaler, packed rows, chunked loss,
+    attention other than eager, and no offloading.
     `true` on a CPU keeps the graph's step (fixed-shape loss) but runs it uncaptured."""
     if lean.cuda_graph != "auto":
         return bool(lean.cuda_graph)
@@ -203,6 +221,7 @@ def resolve_graph(lean: LeanSpec, run: RunFacts) -> bool:
         and run.packing is not False
         and lean.chunked_loss
         and lean.attention != "eager"
+        and not lean.offload_checkpoints
     )
 
 
