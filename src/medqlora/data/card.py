@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from medqlora.data.collate import LengthGroupedBatchSampler, PackingBatchSampler
+from medqlora.data.location import column
 from medqlora.io import atomic_write_text
 from medqlora.runs import DATA_CARD
 
@@ -40,10 +41,11 @@ class DataCard:
     def from_run(cls, dm, stats: dict[str, dict]) -> DataCard:
         """Summarise a built MedicalMixDataModule: its splits, settings and what the mix did to each source
         (`stats`: available, removed by reason, usable, target, train, val, upsampled)."""
-        train_sources = np.array(dm.train_set["source"] or [""])
-        lengths, supervised = np.array(dm.train_set["length"]), np.array(dm.train_set["supervised"])
-        val_sources = dm.val_set["source"]
-        test_sources = dm.test_set["source"] if dm.test_fraction else []
+        train_sources = np.array(column(dm.train_set, "source") or [""])
+        lengths = np.array(column(dm.train_set, "length"))
+        supervised = np.array(column(dm.train_set, "supervised"))
+        val_sources = column(dm.val_set, "source")
+        test_sources = column(dm.test_set, "source") if dm.test_fraction else []
         sources = {}
         for name, s in stats.items():
             mine = train_sources[: len(lengths)] == name

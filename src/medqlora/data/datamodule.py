@@ -26,6 +26,7 @@ from medqlora.data.collate import (
     PackingBatchSampler,
     ResumableDataLoader,
 )
+from medqlora.data.location import column
 from medqlora.data.mix import EvalQuestions, SamplePolicy, benchmark_questions
 from medqlora.data.prepare import MixSettings, prepare_mix
 from medqlora.data.sources import ReasoningMode, SourceSpec
@@ -175,7 +176,7 @@ class MedicalMixDataModule(L.LightningDataModule):
         """The batch plan for a split: packs of `pack_tokens`, or padded micro-batches."""
         rank = self.trainer.global_rank if self._trainer_attached() else 0
         world = self.trainer.world_size if self._trainer_attached() else 1
-        lengths = data["length"]
+        lengths = column(data, "length")
         if self.packing:
             return PackingBatchSampler(
                 lengths, self.pack_tokens, self.seed, shuffle, rank, world, rows_per_batch=self.micro_batch_size

@@ -19,7 +19,7 @@ from typing import ClassVar, Literal
 from datasets import Dataset, Features, Value, concatenate_datasets
 
 from medqlora.data.benchmarks import BENCHMARK_LOCATIONS
-from medqlora.data.location import Location, diagnose_file, load_rows
+from medqlora.data.location import Location, column, diagnose_file, load_rows
 from medqlora.data.sources import (
     ReasoningMode,
     RowError,
@@ -151,7 +151,7 @@ def eval_question_keys(sets: list[EvalQuestions]) -> set[str]:
                 f"eval set {s.name!r}: no column {s.column!r} (has {rows.column_names}); "
                 "fix `column:` in its YAML entry"
             )
-        keys.update(key for key in (normalise_question(str(q)) for q in rows[s.column]) if key)
+        keys.update(key for key in (normalise_question(str(q)) for q in column(rows, s.column)) if key)
     return keys
 
 
@@ -209,16 +209,17 @@ def build_mix(
     for spec in sources:
         loaded = load_source(spec)
         convs = conversations(loaded, spec, reasoning, system_prompt, eval_index, num_proc_for(len(loaded)))
-        reasons = Counter(r for r in convs["drop_reason"] if r)
-        flags = zip(convs["drop_reason"], convs["contaminated"])
+        drop_reasons = column(convs, "drop_reason")
+        reasons = Counter(r for r in drop_reasons if r)
+        flags = zip(drop_reasons, column(convs, "contaminated"))
         candidates = [i for i, (reason, contaminated) in enumerate(flags) if not reason and not contaminated]
         reasons["eval_contamination"] = len(convs) - sum(reasons.values()) - len(candidates)
         rows = convs.select(candidates)
-        qkeys = rows["qkey"]
+        qkeys = column(rows, "qkey")
         if stage is not None:
             rows = stage(rows, spec)
         usable: list[int] = []
-        for i, (reason, qkey) in enumerate(zip(rows["drop_reason"], qkeys)):
+        for i, (reason, qkey) in enumerate(zip(column(rows, "drop_reason"), qkeys)):
             if reason:
                 reasons[reason] += 1
             elif qkey in seen:
@@ -252,8 +253,8 @@ def build_mix(
             "upsampled": max(0, len(train_idx) - n_train),
         }
         if "turns_cut" in rows.column_names:  # conversations cut at a turn boundary to fit max_length
-            column = rows["turns_cut"]
-            cut = [column[i] for i in usable]
+            turns_cut = column(rows, "turns_cut")
+            cut = [turns_cut[i] for i in usable]
             stats[spec.name]["cut_at_turn"] = {"rows": sum(1 for n in cut if n), "turns": sum(cut)}
     internal = [c for c in ("qkey", "contaminated", "drop_reason", "turns_cut") if c in train_parts[0].column_names]
     train, val, test = (
