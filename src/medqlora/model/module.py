@@ -163,6 +163,10 @@ class QLoRAModule(L.LightningModule):
             n_layers = len(text_model(self.model).layers)
             checkpointed = checkpointed_layers(n_layers, share)
             compile_decoder_layers(self.model, checkpointed, self.lean.offload_checkpoints)
+            rank_zero_info(
+                "medqlora: the decoder layers compile during the first steps (a minute or two on a fresh machine; "
+                "later steps reuse them)"
+            )
         scaler = getattr(self.trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
         self.train_step = TrainStep(
             lambda batch: self.forward(batch, self.plan.train),
