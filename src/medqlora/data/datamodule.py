@@ -6,7 +6,7 @@ are saved once and reused by an identical run (prepare.py: keyed on sources, tok
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -152,16 +152,7 @@ class MedicalMixDataModule(L.LightningDataModule):
 
     def _build(self) -> None:
         self.tokenizer = self.tokenizer or load_tokenizer(self.tokenizer_name)
-        settings = MixSettings(
-            max_length=self.max_length,
-            truncation=self.truncation,
-            reasoning=self.reasoning,
-            system_prompt=self.system_prompt,
-            sample_policy=self.sample_policy,
-            val_fraction=self.val_fraction,
-            test_fraction=self.test_fraction,
-            seed=self.seed,
-        )
+        settings = MixSettings(**{f.name: getattr(self, f.name) for f in fields(MixSettings)})  # same names here
         prepared = prepare_mix(self.sources, self.decontaminate, self.tokenizer, settings)
         self.train_set, self.val_set, self.test_set = prepared.train, prepared.val, prepared.test
         self.card = DataCard.from_run(self, prepared.stats)

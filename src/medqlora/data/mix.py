@@ -191,6 +191,7 @@ def build_mix(
     policy: SamplePolicy = "all",
     decontaminate: list[EvalQuestions] | None = None,
     stage: Stage | None = None,
+    loaded: dict[str, Dataset] | None = None,
 ) -> MixResult:
     """The whole mix: per source load -> convert -> decontaminate -> `stage` (tokenising: rows over max_length)
     -> dedupe (across sources) -> sample -> split.
@@ -198,6 +199,7 @@ def build_mix(
     `target` counts usable training rows: every filter runs first, so a source with at least `target` usable rows
     gives exactly `target`. Validation (and test) rows are drawn on top at `val_fraction` (`test_fraction`) of the
     total, and only training rows are ever repeated (`policy="upsample"`), so no held-out row is trained on.
+    `loaded`: sources already read by `load_source`, by name (read here otherwise).
     """
     names = [s.name for s in sources]
     if len(set(names)) != len(names):
@@ -207,8 +209,8 @@ def build_mix(
     train_parts, val_parts, test_parts, stats = [], [], [], {}
     held_out = val_fraction + test_fraction
     for spec in sources:
-        loaded = load_source(spec)
-        convs = conversations(loaded, spec, reasoning, system_prompt, eval_index, num_proc_for(len(loaded)))
+        rows = loaded[spec.name] if loaded else load_source(spec)
+        convs = conversations(rows, spec, reasoning, system_prompt, eval_index, num_proc_for(len(rows)))
         drop_reasons = column(convs, "drop_reason")
         reasons = Counter(r for r in drop_reasons if r)
         flags = zip(drop_reasons, column(convs, "contaminated"))

@@ -27,7 +27,7 @@ from datasets.table import InMemoryTable
 
 from medqlora.data import chat, location, mix, sources
 from medqlora.data.chat import IGNORE_INDEX, Truncation, encode_many
-from medqlora.data.mix import EvalQuestions, SamplePolicy, Stage, build_mix, num_proc_for
+from medqlora.data.mix import EvalQuestions, SamplePolicy, Stage, build_mix, load_source, num_proc_for
 from medqlora.data.sources import Conversation, Message, ReasoningMode, SourceSpec, TrainOn
 
 TOKENISED_FEATURES = Features(
@@ -131,19 +131,23 @@ def one_row_per_sample(rows: Dataset) -> Dataset:
 
 
 def fingerprint(
-    sources: list[SourceSpec], decontaminate: list[EvalQuestions], tokenizer, settings: MixSettings
+    sources: dict[str, Dataset],
+    specs: list[SourceSpec],
+    decontaminate: list[EvalQuestions],
+    tokenizer,
+    settings: MixSettings,
 ) -> tuple[str, str]:
     """(the prepared mix's key: everything the splits depend on; the tokenising key: what token ids depend on, so
-    another seed or target reuses the tokenised rows). Reads each source's rows through datasets (from its cache
-    when already read), so an edited file gives another key."""
+    another seed or target reuses the tokenised rows). `sources`: each source's loaded rows by name, whose datasets
+    fingerprint changes with an edited file or another hub revision."""
     files = [Path(m.__file__) for m in DATA_CODE] + [Path(__file__)]
     code = hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
     tokens = Hasher.hash([Hasher.hash(tokenizer), settings.max_length, settings.truncation, code])
 
-    def rows_of(where, label: str) -> dict:
-        return {**asdict(where), "rows": location.load_rows(where, f"{label} {where.name!r}")._fingerprint}
-
-    sets = [rows_of(s, "source") for s in sources] + [rows_of(e, "eval set") for e in decontaminate]
+    eval_sets = [
+        {**asdict(e), "rows": location.load_rows(e, f"eval set {e.name!r}")._fingerprint} for e in decontaminate
+    ]
+    sets = [{**asdict(s), "rows": sources[s.name]._fingerprint} for s in specs] + eval_sets
     return Hasher.hash([tokens, asdict(settings), json.dumps(sets, sort_keys=True, default=str)]), tokens
 
 
@@ -159,7 +163,8 @@ def prepare_mix(
     preparing the same mix at the same time only makes its own copy)."""
     from datasets import config
 
-    key, tokens_key = fingerprint(sources, decontaminate, tokenizer, settings)
+    loaded = {spec.name: load_source(spec) for spec in sources}  # once: the key and the build both read them
+    key, tokens_key = fingerprint(loaded, sources, decontaminate, tokenizer, settings)
     root = Path(cache_root or Path(config.HF_DATASETS_CACHE) / "medqlora")
     saved = root / f"mix-{key}"
     if (saved / "stats.json").is_file():
@@ -175,6 +180,7 @@ def prepare_mix(
         policy=settings.sample_policy,
         decontaminate=decontaminate,
         stage=tokenising_stage(tokenizer, settings.max_length, settings.truncation, tokens_key),
+        loaded=loaded,
     )
     partial = root / f".{saved.name}.{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
