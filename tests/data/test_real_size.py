@@ -161,3 +161,19 @@ def test_degenerate_data_is_one_line_each_on_the_console_and_still_trains(tmp_pa
     assert "UserWarning" not in err
     (run_dir,) = (tmp_path / "runs" / "tiny").iterdir()
     assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_the_card_says_how_many_rows_each_max_length_keeps(tmp_path):
+    """Issue #40: rows over max_length are dropped; the card counts, per source, the rows each longer max_length
+    would keep whole, so a user sees what raising it buys."""
+    rows = _rows("mixed", 40, long_every=4)  # 10 answers of ~1,500 tokens, 30 short ones
+    sources = [SourceSpec(name="mixed", format="instruction", path=str(write_jsonl(tmp_path / "m.jsonl", rows)))]
+    dm = MedicalMixDataModule(sources=sources, max_length=1024, val_fraction=0.0)
+    dm.prepare_data()
+    card = dm.card.content["sources"]["mixed"]
+    within = {int(n): count for n, count in card["rows_within"].items()}
+    assert card["removed"] == {"too_long": 10} and card["usable"] == 30
+    assert within[1024] == 30  # what this max_length keeps
+    assert within[16384] == 40  # every row, at a length that holds the long answers
+    assert list(within.values()) == sorted(within.values())
+    assert "Rows each `data.max_length` keeps whole" in dm.card.markdown()

@@ -132,6 +132,14 @@ class DataCard:
                 f"{s['target']} | {train} | {val} | {s['upsampled']} | "
                 f"{p['p50']} / {p['p95']} | {s['supervised_token_share']:.1%} |"
             )
+        within = {name: s["rows_within"] for name, s in c["sources"].items() if s.get("rows_within")}
+        if within:
+            lines += [
+                "",
+                "Rows each `data.max_length` keeps whole (longest trained turn, before dedupe; `rows_within`):",
+                "",
+            ]
+            lines += [f"- {name}: " + " · ".join(f"{n}: {k}" for n, k in w.items()) for name, w in within.items()]
         lines += ["", "Padding ratio (share of tensor slots holding no token):", ""]
         lines += [f"- {k}: {v:.1%}" for k, v in c["padding_ratio"].items()]
         if c["notices"]:

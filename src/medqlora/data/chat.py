@@ -33,11 +33,13 @@ class Encoded:
 class EncodedConversation:
     """A conversation's samples, one per trained assistant turn that fits in `max_length`, in order. A turn that does
     not fit cuts the conversation there (`turns_cut` counts the trained turns left out); with no sample at all,
-    `dropped` says why (`too_long`, `no_supervised_tokens`)."""
+    `dropped` says why (`too_long`, `no_supervised_tokens`). `full_length`: tokens of its longest trained turn
+    (prompt and answer) before any cut, the `max_length` that would keep all of it."""
 
     samples: list[Encoded]
     turns_cut: int = 0
     dropped: str | None = None
+    full_length: int = 0
 
 
 def template_message(message: Message) -> dict[str, str]:
@@ -88,8 +90,9 @@ def encode_many(
     prompts = tokenizer([render_prompt(convs[c], tokenizer, t) for c, t in turns], add_special_tokens=False)
     targets = tokenizer([render_target(convs[c].messages[t]) for c, t in turns], add_special_tokens=False)
     samples: list[list[Encoded]] = [[] for _ in convs]
-    cut, reasons = [0] * len(convs), [None] * len(convs)
+    cut, reasons, longest = [0] * len(convs), [None] * len(convs), [0] * len(convs)
     for (c, _), prompt, target in zip(turns, prompts["input_ids"], targets["input_ids"]):
+        longest[c] = max(longest[c], len(prompt) + len(target))
         sample = None if cut[c] else _join(prompt, target, max_length, truncation)
         if isinstance(sample, Encoded):
             samples[c].append(sample)
@@ -97,7 +100,9 @@ def encode_many(
         cut[c] += 1  # later turns' prompts are longer still: the conversation ends at the turn before
         reasons[c] = reasons[c] or sample
     return [
-        EncodedConversation(own, cut[c] if own else 0, None if own else reasons[c] or "no_supervised_tokens")
+        EncodedConversation(
+            own, cut[c] if own else 0, None if own else reasons[c] or "no_supervised_tokens", longest[c]
+        )
         for c, own in enumerate(samples)
     ]
 

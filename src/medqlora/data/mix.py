@@ -180,6 +180,9 @@ class QuestionIndex:
         return False
 
 
+MAX_LENGTHS_SHOWN = (1024, 2048, 4096, 8192, 16384)  # the data card's rows kept whole at each data.max_length
+
+
 def build_mix(
     sources: list[SourceSpec],
     *,
@@ -254,11 +257,17 @@ def build_mix(
             "test": len(test_idx),
             "upsampled": max(0, len(train_idx) - n_train),
         }
+        if "full_length" in rows.column_names:  # how many rows each max_length would keep whole (before dedupe)
+            fit = [
+                n for n, r in zip(column(rows, "full_length"), column(rows, "drop_reason")) if r in (None, "too_long")
+            ]
+            stats[spec.name]["rows_within"] = {str(n): sum(1 for f in fit if f <= n) for n in MAX_LENGTHS_SHOWN}
         if "turns_cut" in rows.column_names:  # conversations cut at a turn boundary to fit max_length
             turns_cut = column(rows, "turns_cut")
             cut = [turns_cut[i] for i in usable]
             stats[spec.name]["cut_at_turn"] = {"rows": sum(1 for n in cut if n), "turns": sum(cut)}
-    internal = [c for c in ("qkey", "contaminated", "drop_reason", "turns_cut") if c in train_parts[0].column_names]
+    internal = ("qkey", "contaminated", "drop_reason", "turns_cut", "full_length")
+    internal = [c for c in internal if c in train_parts[0].column_names]
     train, val, test = (
         concatenate_datasets(parts).remove_columns(internal) for parts in (train_parts, val_parts, test_parts)
     )

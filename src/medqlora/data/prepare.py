@@ -40,6 +40,7 @@ TOKENISED_FEATURES = Features(
         "supervised": Sequence(Value("int32")),  # tokens with a label: the card's supervised share without labels
         "turns_cut": Value("int32"),
         "drop_reason": Value("string"),
+        "full_length": Value("int32"),  # the longest trained turn before any cut: the card's rows per max_length
     }
 )
 SAMPLE_COLUMNS = ("row_id", "source", "input_ids", "labels", "length", "supervised")
@@ -91,6 +92,7 @@ def tokenising_stage(tokenizer, max_length: int, truncation: Truncation, key: st
             out["supervised"].append([len(s.labels) - s.labels.count(IGNORE_INDEX) for s in samples])
             out["turns_cut"].append(encoded.turns_cut)
             out["drop_reason"].append(encoded.dropped)
+            out["full_length"].append(encoded.full_length)
         return out
 
     def stage(rows: Dataset, spec: SourceSpec) -> Dataset:
