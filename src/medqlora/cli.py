@@ -26,6 +26,10 @@ def run(args: list[str] | None = None):
         from medqlora.commands import run as run_command
 
         return run_command(argv)
+    if argv and argv[0] == "plan":
+        from medqlora.training_cli import run_plan
+
+        return run_plan(argv[1:])
     from medqlora.training_cli import run_training
 
     return run_training(argv)

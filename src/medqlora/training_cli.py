@@ -26,9 +26,13 @@ from medqlora.callbacks.predictions import PredictionsJSONL
 from medqlora.compat import CkptPathCLI
 from medqlora.data.datamodule import MedicalMixDataModule, sample_sources
 from medqlora.data.sources import SourceSpec
+from medqlora.model.budget import Plan
 from medqlora.model.module import QLoRAModule
+from medqlora.planning import question, report, resolve
 from medqlora.resume import LIGHTNING_KEYWORDS, differences, read_checkpoint, settings, source_differences
 from medqlora.usage import TRAINING_COMMANDS
+
+LIGHTNING_COMMANDS = [name for name in TRAINING_COMMANDS if name != "plan"]  # plan parses as fit, then stops
 
 
 class MedQLoRACLI(CkptPathCLI):
@@ -37,6 +41,8 @@ class MedQLoRACLI(CkptPathCLI):
     `--weights_only false` is given."""
 
     resumed: dict | None = None
+    plan_only = False  # `medqlora plan`: stop after the memory plan, printing it
+    memory_plan: Plan | None = None
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """Data and model share the model's tokenizer; the data module shards batches by rank itself."""
@@ -53,10 +59,20 @@ class MedQLoRACLI(CkptPathCLI):
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else None
         path = config.get("ckpt_path") if config else None
-        if not path or path in LIGHTNING_KEYWORDS:
+        if path and path not in LIGHTNING_KEYWORDS:
+            weights_only = config.get("weights_only")
+            self.resumed = read_checkpoint(path, weights_only=True if weights_only is None else weights_only)
+        if self.plan_only:
+            asked = question(config)
+            self.memory_plan = resolve(config, announce=False)
+            if self.memory_plan is None:
+                raise ValueError(NO_BUDGET)
+            raise PlanPrinted(report(self.memory_plan, asked))
+        if config is not None:  # `auto` values resolved before they are compared, saved or built
+            fitting = subcommand == "fit"
+            self.memory_plan = resolve(config, self.resumed if fitting else None, use_budget=fitting)
+        if not self.resumed:
             return
-        weights_only = config.get("weights_only")
-        self.resumed = read_checkpoint(path, weights_only=True if weights_only is None else weights_only)
         dumped = self.parser.dump(self.config, skip_link_targets=False, skip_none=False, format="yaml")
         given = yaml.safe_load(dumped)[subcommand]
         sections = [("model", QLoRAModule, "hyper_parameters")]
@@ -139,6 +155,45 @@ class MedQLoRACLI(CkptPathCLI):
             init.version = version_of(stamp)
 
 
+class PlanPrinted(Exception):
+    """`medqlora plan` is done once the config is parsed and its budget planned (nothing is built)."""
+
+
+NO_BUDGET = "medqlora plan needs a budget: pass --budget N (GiB; auto on a GPU) or set model.lean.memory_budget_gib"
+PLAN_USAGE = """usage: medqlora plan --config CONFIG.yaml [--config MORE.yaml] [--budget GIB] [--section.key value ...]
+
+The micro-batch size and checkpointing policy `medqlora fit` would pick for that config within a GPU memory budget
+(model.lean.memory_budget_gib; --budget N sets it in GiB, auto reads this GPU's free memory), with every candidate it
+weighed: its predicted peak and speed relative to the recipe's. Only values left at auto are chosen:
+data.micro_batch_size, model.lean.checkpoint_share, model.lean.offload_checkpoints (configs/budget.yaml sets all
+three); a config that fixes them is checked against the budget. Nothing is loaded or trained.
+"""
+
+
+def run_plan(argv: list[str]) -> None:
+    """`medqlora plan`: parse the config as `fit` would, plan its budget, print the candidates and the pick."""
+    if any(a in ("-h", "--help") for a in argv):
+        print(PLAN_USAGE, end="")
+        return
+    args, skip = [], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+        elif arg == "--budget":
+            args.append(f"--model.lean.memory_budget_gib={argv[i + 1] if i + 1 < len(argv) else ''}")
+            skip = True
+        elif arg.startswith("--budget="):
+            args.append(f"--model.lean.memory_budget_gib={arg.partition('=')[2]}")
+        else:
+            args.append(arg)
+    planner = type("PlanCLI", (MedQLoRACLI,), {"plan_only": True})
+    no_exit = {"exit_on_error": False, "fit": {"exit_on_error": False}}
+    try:
+        planner(QLoRAModule, MedicalMixDataModule, args=["fit", *args], parser_kwargs=no_exit)
+    except PlanPrinted as printed:
+        print(printed)
+
+
 def _reserve_stamp(stamp: str, loggers: list, version_of, reserve: bool) -> str:
     """`stamp`, or `stamp-2`, `stamp-3`, ...: the first whose run directory no logger has yet, reserved by creating
     it (an exclusive mkdir), so two runs started in the same second never share one. `reserve=False` (a resumed
@@ -178,7 +233,7 @@ def run_training(argv: list[str]) -> MedQLoRACLI:
     # main() hands over sys.argv without --verbose; LightningCLI would warn that both were given
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python")
     # parse errors raise (one line in main) instead of printing the whole usage before jsonargparse's message
-    no_exit = {"exit_on_error": False, **{name: {"exit_on_error": False} for name in TRAINING_COMMANDS}}
+    no_exit = {"exit_on_error": False, **{name: {"exit_on_error": False} for name in LIGHTNING_COMMANDS}}
     _RESERVED.clear()
     try:
         return MedQLoRACLI(

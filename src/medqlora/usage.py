@@ -13,6 +13,7 @@ TRAINING_COMMANDS = {
     "validate": "eval loss and next-token accuracy on the validation split (of a checkpoint with --ckpt_path)",
     "test": "the same on the test split (data.test_fraction > 0), else on the validation split; logged under test/",
     "predict": "per-row predictions on the validation split, written to predictions.jsonl in the run directory",
+    "plan": "the micro-batch and checkpointing fit picks within a GPU memory budget (--budget GIB), without training",
 }
 COMMANDS = {
     "eval": "MedQA, PubMedQA and clinical key points, base vs adapter in one load; updates the model card",

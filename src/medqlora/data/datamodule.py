@@ -67,7 +67,8 @@ class MedicalMixDataModule(L.LightningDataModule):
         sources: the sources of the mix (default: the small sample files shipped with medqlora).
         tokenizer: tokenizer name or path; linked from `model.name_or_path` by the CLI.
         max_length: longest row in tokens (prompt + answer).
-        micro_batch_size: rows per micro-batch (padded layout).
+        micro_batch_size: rows per micro-batch; `auto`: chosen within `model.lean.memory_budget_gib` by `medqlora fit`
+            (model/budget.py), else the recipe's 2.
         packing: pack samples into `micro_batch_size` rows of `pack_tokens` tokens, instead of one sample per row.
         pack_tokens: length of one packed row (default: max_length).
         group_by_length: padded layout only: batch rows of similar length together.
@@ -88,7 +89,7 @@ class MedicalMixDataModule(L.LightningDataModule):
         sources: list[SourceSpec] | None = None,
         tokenizer: str = "tiny",
         max_length: int = 2048,
-        micro_batch_size: int = 2,
+        micro_batch_size: int | Literal["auto"] = 2,
         packing: bool = True,
         pack_tokens: int | None = None,
         group_by_length: bool = False,
@@ -107,8 +108,10 @@ class MedicalMixDataModule(L.LightningDataModule):
         # not logged: the model's hyperparameters are, and both have a `seed`
         self.save_hyperparameters(logger=False)
         check_lengths(max_length, pack_tokens or max_length, tokenizer)
-        if micro_batch_size < 1:
-            raise ValueError(f"data.micro_batch_size={micro_batch_size} must be >= 1")
+        if micro_batch_size == "auto":
+            micro_batch_size = 2  # the recipe's; `medqlora fit` resolves auto within a memory budget before this
+        elif micro_batch_size < 1:
+            raise ValueError(f"data.micro_batch_size={micro_batch_size} must be >= 1, or auto")
         if not 0.0 <= val_fraction < 0.5:
             raise ValueError(f"data.val_fraction={val_fraction} must be in [0, 0.5) (recipe: 0.05)")
         if not 0.0 <= test_fraction or val_fraction + test_fraction >= 0.5:

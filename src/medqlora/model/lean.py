@@ -48,9 +48,14 @@ class LeanSpec:
             refused, or on a CPU runs the graph's step uncaptured. model/plan.py lists what goes with what.
         checkpoint_share: with `model.gradient_checkpointing` on, the share of decoder layers recomputed in backward,
             evenly spaced (1.0, the recipe's: every layer; 0.5: every other one); the others keep their activations:
-            faster, more memory (model/checkpointing.py).
+            faster, more memory (model/checkpointing.py). `auto`: chosen within `memory_budget_gib`, else 1.0.
         offload_checkpoints: the checkpointed layers' inputs (all a checkpoint keeps) wait in host memory instead of
             on the GPU: what long rows need; synchronous copies, so the host waits at each layer, and no CUDA graph.
+            `auto`: chosen within `memory_budget_gib`, else off.
+        memory_budget_gib: GiB of GPU memory training may peak at (`auto`: the GPU's free memory less 1 GiB). `medqlora
+            fit` then resolves `data.micro_batch_size`, `checkpoint_share` and `offload_checkpoints` left at `auto` to
+            the fastest setting predicted to fit, keeping the rows per optimizer step (the accumulation adjusts), and
+            writes the resolved values to the run's config.yaml (model/budget.py; `medqlora plan` shows the choice).
     """
 
     chunked_loss: bool = True
@@ -63,15 +68,21 @@ class LeanSpec:
     loss_grad_in_forward: bool = True
     compile_layers: bool | Literal["auto"] = "auto"
     cuda_graph: bool | Literal["auto"] = "auto"
-    checkpoint_share: float = 1.0
-    offload_checkpoints: bool = False
+    checkpoint_share: float | Literal["auto"] = 1.0
+    offload_checkpoints: bool | Literal["auto"] = False
+    memory_budget_gib: float | Literal["auto"] | None = None
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.checkpoint_share <= 1.0:
+        if self.checkpoint_share != "auto" and not 0.0 <= self.checkpoint_share <= 1.0:
             raise ValueError(
                 f"model.lean.checkpoint_share={self.checkpoint_share} must be in [0, 1] (1: every layer, the recipe's; "
-                "0: none, as model.gradient_checkpointing=false)"
+                "0: none, as model.gradient_checkpointing=false) or auto"
             )
+        if self.memory_budget_gib not in (None, "auto") and not self.memory_budget_gib > 0:
+            raise ValueError(f"model.lean.memory_budget_gib={self.memory_budget_gib} must be > 0 (GiB), auto or null")
+        for name in ("offload_checkpoints",):
+            if getattr(self, name) not in (True, False, "auto"):
+                raise ValueError(f"model.lean.{name}={getattr(self, name)!r}: use true, false or auto")
         if self.loss_chunk_size < 1:
             raise ValueError(f"model.lean.loss_chunk_size={self.loss_chunk_size} must be >= 1 (default 256)")
         if self.attention not in ("auto", "varlen", "flex", "sdpa", "eager"):
@@ -81,3 +92,13 @@ class LeanSpec:
             if getattr(self, name) not in (True, False, "auto"):
                 raise ValueError(f"model.lean.{name}={getattr(self, name)!r}: use true, false or auto (default)")
         check_switches(self)  # the switch table against the config alone; against the run at set-up
+
+    @property
+    def share(self) -> float:
+        """`checkpoint_share`, with an unresolved `auto` as the recipe's 1.0 (every layer)."""
+        return 1.0 if self.checkpoint_share == "auto" else float(self.checkpoint_share)
+
+    @property
+    def offload(self) -> bool:
+        """`offload_checkpoints`, with an unresolved `auto` as off."""
+        return self.offload_checkpoints is True

@@ -90,7 +90,7 @@ class QLoRAModule(L.LightningModule):
             raise ValueError(f"model.lr={lr} must be > 0 (recipe: 2e-4)")
         if weight_decay < 0:
             raise ValueError(f"model.weight_decay={weight_decay} must be >= 0")
-        if lean is not None and lean.offload_checkpoints and not gradient_checkpointing:
+        if lean is not None and lean.offload and not gradient_checkpointing:
             raise ValueError(
                 "model.lean.offload_checkpoints=true with model.gradient_checkpointing=false: only checkpointed "
                 "layers' inputs are offloaded; turn gradient_checkpointing on or offload_checkpoints off"
@@ -144,7 +144,7 @@ class QLoRAModule(L.LightningModule):
         elif self.hparams.gradient_checkpointing:
             compat.enable_activation_checkpointing(base, gc_kwargs)
             base.enable_input_require_grads()
-            apply_to_eager_layers(text_model(base).layers, self.lean.checkpoint_share, self.lean.offload_checkpoints)
+            apply_to_eager_layers(text_model(base).layers, self.lean.share, self.lean.offload)
         host = text_model(base).embed_tokens_per_layer
         if (
             isinstance(host, HostEmbedding)
@@ -159,10 +159,10 @@ class QLoRAModule(L.LightningModule):
         if self.parent_adapter is not None:
             load_adapter_weights(self.model, self.parent_adapter)
         if self.plan.compile_layers:
-            share = self.lean.checkpoint_share if self.hparams.gradient_checkpointing else 0.0
+            share = self.lean.share if self.hparams.gradient_checkpointing else 0.0
             n_layers = len(text_model(self.model).layers)
             checkpointed = checkpointed_layers(n_layers, share)
-            compile_decoder_layers(self.model, checkpointed, self.lean.offload_checkpoints)
+            compile_decoder_layers(self.model, checkpointed, self.lean.offload)
             rank_zero_info(
                 "medqlora: the decoder layers compile during the first steps (a minute or two on a fresh machine; "
                 "later steps reuse them)"

@@ -171,19 +171,19 @@ CONFLICTS: list[Conflict] = [
         "model.lean.offload_checkpoints=true with model.lean.cuda_graph=true",
         "the graph cannot capture the copies to host memory",
         "set cuda_graph to auto (off with offloading) or false, or offload_checkpoints to false",
-        lambda lean, run: lean.offload_checkpoints and _on(lean.cuda_graph),
+        lambda lean, run: lean.offload and _on(lean.cuda_graph),
     ),
     Conflict(
         "model.lean.offload_checkpoints=true with model.lean.checkpoint_share=0",
         "only checkpointed layers' inputs are offloaded, and no layer is checkpointed",
         "raise checkpoint_share, or set offload_checkpoints to false",
-        lambda lean, run: lean.offload_checkpoints and lean.checkpoint_share == 0,
+        lambda lean, run: lean.offload and lean.share == 0,
     ),
     Conflict(
         "model.lean.offload_checkpoints=true is not supported under FSDP (trainer.strategy {strategy})",
         "its units gather and free the weights around the very layers whose inputs would move to the host",
         "set it to false, or train with DDP (configs/ddp.yaml)",
-        lambda lean, run: lean.offload_checkpoints and run is not None and run.fsdp,
+        lambda lean, run: lean.offload and run is not None and run.fsdp,
     ),
     Conflict(
         "model.quantization.quant_storage={quant_storage!r} cannot be sharded by FSDP (trainer.strategy {strategy})",
@@ -221,7 +221,7 @@ def resolve_graph(lean: LeanSpec, run: RunFacts) -> bool:
         and run.packing is not False
         and lean.chunked_loss
         and lean.attention != "eager"
-        and not lean.offload_checkpoints
+        and not lean.offload
     )
 
 

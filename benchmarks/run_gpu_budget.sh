@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Issue #40's Pareto table on one GPU (benchmarks/bench_budget.py), in device calls of under ten minutes each,
+# on one warm machine (the random checkpoint and the compiled graphs stay in /tmp between calls):
+#   PART=sweep bash benchmarks/run_gpu_budget.sh    # random E2B checkpoint; every candidate at 2, 4, 8 and 16 rows
+#   PART=capped bash benchmarks/run_gpu_budget.sh   # the planner's pick and the best measured under each cap
+#   PART=long   bash benchmarks/run_gpu_budget.sh   # 1 x 8192 and 1 x 16384 long-tail rows within 12 GiB
+# SWEEP=path: the sweep's JSON for capped on another machine; LIMIT: seconds the call may take (580).
+# Carry .gpu-site (docs/benchmarks.md). JSON per part under $OUT and /tmp/bench-budget.
+set -u
+source "$(dirname "$0")/gpu_env.sh"
+export TORCHINDUCTOR_COMPILE_THREADS=${TORCHINDUCTOR_COMPILE_THREADS:-16} BENCH_TIMED=${BENCH_TIMED:-6}
+KEEP=/tmp/bench-budget; mkdir -p "$KEEP"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+build_checkpoint
+bench() { (cd benchmarks && timeout -k 5 "$1" python3 bench_budget.py --model "$CKPT" "${@:2}") 2>&1 \
+  | grep -v -e "it/s\]$" -e Warning -e warn | grep -e '^{' -e Error -e error | cut -c1-420; }
+for part in ${PART:-sweep}; do  # PART="capped long": both in one call
+  case $part in
+    sweep) bench $((${LIMIT:-580} - SECONDS)) --part sweep --json "$KEEP/sweep.json" ;;
+    capped) bench $((${LIMIT:-580} - SECONDS - ${LONG_S:-0})) --part capped --sweep "${SWEEP:-$KEEP/sweep.json}" \
+      --json "$KEEP/capped.json" ;;
+    long) bench $((${LIMIT:-580} - SECONDS)) --part long --json "$KEEP/long.json" ;;
+  esac
+done
+cp "$KEEP"/*.json "$OUT"/ 2>/dev/null
+echo "== done at ${SECONDS}s"
