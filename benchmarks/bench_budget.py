@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True)
     parser.add_argument("--json", required=True, type=Path)
-    parser.add_argument("--part", choices=("sweep", "capped", "long"), required=True)
+    parser.add_argument("--part", choices=("sweep", "capped", "long", "all"), required=True)
+    parser.add_argument("--deadline-s", type=float, default=1e9, help="start no run after this many seconds")
     parser.add_argument("--sweep", type=Path, help="capped: the sweep's JSON (the best measured candidate per budget)")
     parser.add_argument("--micro", default="2,4,8,16", help="sweep: micro-batch sizes")
     parser.add_argument("--max-peak-gib", type=float, default=70.0, help="sweep: skip candidates predicted above it")
@@ -191,7 +192,12 @@ def main(argv: list[str] | None = None) -> None:
             lean=LeanSpec(**{**lean, "attention": attention}),
         )
 
-    if args.part in ("sweep", "capped"):
+    started = time.perf_counter()
+
+    def in_time(micro_batch: int) -> bool:  # leave a run's worth of time (a new shape compiles for about a minute)
+        return time.perf_counter() - started + 30 + 3 * micro_batch < args.deadline_s
+
+    if args.part in ("sweep", "capped", "all"):
         pack = RECIPE["max_length"] if on_gpu else 256
         q = question(model_path, pack, "varlen")
         rows = synthetic_rows("real-lengths", 16 * (WARM + TIMED) * 8, vocab, seed=0, max_len=pack)
@@ -207,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
                 }
             except budget.BudgetTooSmall as err:
                 plans[cap] = {"pick": None, "refused": str(err)}
-        if args.part == "sweep":
+        if args.part in ("sweep", "all"):
             micro = [int(m) for m in args.micro.split(",")]
             shape = budget.model_shape(q.name_or_path, q.ple_on_host, q.lora_r, q.lora_targets)
             settings = [
@@ -218,17 +224,29 @@ def main(argv: list[str] | None = None) -> None:
                 and not (s.offload and s.checkpoint_share < 1)
             ]
             picks = [budget.Setting(**p["pick"]) for p in plans.values() if p.get("pick")]
-            settings += [s for s in picks if s not in settings]
-            for s in sorted(settings, key=lambda s: (s.micro_batch, -s.checkpoint_share, s.offload)):
+            settings = list(dict.fromkeys([*settings, *picks]))
+            first = [
+                budget.Setting(2, 8, 1.0),
+                *picks,
+            ]  # the default and the picks before the rest, one shape at a time
+            order = {s: i for i, s in enumerate(first)}
+            shapes = [m for m in dict.fromkeys(s.micro_batch for s in first)]
+            shapes += [m for m in micro if m not in shapes]
+
+            def priority(s: budget.Setting) -> tuple:
+                rank = shapes.index(s.micro_batch) if s.micro_batch in shapes else len(shapes)
+                return (rank, order.get(s, len(order)), -s.checkpoint_share, s.offload)
+
+            for s in sorted(settings, key=priority):
                 predicted = budget.estimate(shape, q, s, 1e9)
-                if predicted.peak_gib > args.max_peak_gib:
+                if predicted.peak_gib > args.max_peak_gib or not in_time(s.micro_batch):
                     continue
                 result = fit_once(module, rows, s, pack, None)
                 result.update(predicted_peak_gib=predicted.peak_gib, predicted_speed=predicted.speed)
                 runs.append(result)
                 save()
-        else:
-            sweep = json.loads(args.sweep.read_text())["runs"] if args.sweep else []
+        if args.part in ("capped", "all"):
+            sweep = json.loads(args.sweep.read_text())["runs"] if args.sweep else list(runs)
             for cap in BUDGETS:
                 wanted = []
                 if plans[cap].get("pick"):
@@ -244,17 +262,18 @@ def main(argv: list[str] | None = None) -> None:
                     if all(s != w for _, w in wanted):
                         wanted.append(("best-measured", s))
                 for role, s in sorted(wanted, key=lambda w: w[1].offload):  # the graph is set up by a first fit without
+                    if not in_time(s.micro_batch):
+                        continue
                     result = fit_once(module, rows, s, pack, cap)
                     result["role"] = role
                     runs.append(result)
                     save()
-    else:  # long rows within 12 GiB: offloaded checkpoints, FlexAttention (no [T x T] score matrix) at 16384
+    if args.part in ("long", "all"):  # long rows within 12 GiB: offloaded checkpoints, FlexAttention at 16384
         for pack, attention in ((8192, "varlen"), (16384, "flex")):
             if not on_gpu:
                 pack, attention = pack // 8, "auto"
             rows = synthetic_rows("long-tail", 8 * (WARM + TIMED), vocab, seed=0, max_len=pack)
             rows = [r for r in rows if len(r["input_ids"]) == len(r["labels"]) <= pack]
-            module = module_for(attention)
             q = question(model_path, pack, attention)
             try:
                 pick = budget.plan(q, 12).chosen
@@ -263,12 +282,17 @@ def main(argv: list[str] | None = None) -> None:
             except budget.BudgetTooSmall as err:
                 plans[pack] = {"refused": str(err)}
                 setting = budget.Setting(1, ROWS_PER_STEP, 1.0, True)
+            if not in_time(8):
+                continue
+            module = None  # the previous module's model and graphs go before this one loads
+            gc.collect()
+            if on_gpu:
+                torch.cuda.empty_cache()
+            module = module_for(attention)
             result = fit_once(module, rows, setting, pack, 12 if on_gpu else None)
             result["attention"] = attention
             runs.append(result)
             save()
-            del module
-            gc.collect()
     save()
 
 

@@ -4,6 +4,7 @@
 #   PART=sweep bash benchmarks/run_gpu_budget.sh    # random E2B checkpoint; every candidate at 2, 4, 8 and 16 rows
 #   PART=capped bash benchmarks/run_gpu_budget.sh   # the planner's pick and the best measured under each cap
 #   PART=long   bash benchmarks/run_gpu_budget.sh   # 1 x 8192 and 1 x 16384 long-tail rows within 12 GiB
+#   PART=all    bash benchmarks/run_gpu_budget.sh   # all three in one call, most telling runs first, until LIMIT
 # SWEEP=path: the sweep's JSON for capped on another machine; LIMIT: seconds the call may take (580).
 # Carry .gpu-site (docs/benchmarks.md). JSON per part under $OUT and /tmp/bench-budget.
 set -u
@@ -20,6 +21,8 @@ for part in ${PART:-sweep}; do  # PART="capped long": both in one call
     capped) bench $((${LIMIT:-580} - SECONDS - ${LONG_S:-0})) --part capped --sweep "${SWEEP:-$KEEP/sweep.json}" \
       --json "$KEEP/capped.json" ;;
     long) bench $((${LIMIT:-580} - SECONDS)) --part long --json "$KEEP/long.json" ;;
+    all) bench $((${LIMIT:-580} - SECONDS)) --part all --deadline-s $((${LIMIT:-580} - SECONDS - 40)) \
+      --json "$KEEP/all.json" ;;
   esac
 done
 cp "$KEEP"/*.json "$OUT"/ 2>/dev/null

@@ -15,7 +15,7 @@ import time
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from medqlora.callbacks.steps import optimizer_step_done, run_dir
 from medqlora.io import atomic_write_text
@@ -135,6 +135,14 @@ class PeakMemory(Callback):
             "optimizer {optimizer_state_gib:.3f}, grads {grads_gib:.3f}); "
             "wall {wall_time_s:.0f} s".format(**self.summary)
         )
+        budget = getattr(getattr(pl_module, "lean", None), "memory_budget_gib", None)
+        if on_cuda and isinstance(budget, (int, float)):  # the plan's prediction, checked (model/budget.py)
+            self.summary["memory_budget_gib"] = budget
+            if reserved > budget:
+                rank_zero_warn(
+                    f"medqlora memory: the peak reserved {reserved:.2f} GiB went over model.lean.memory_budget_gib="
+                    f"{budget:g}: the memory model underestimated this run; lower the budget by the difference"
+                )
         directory = run_dir(trainer) if trainer.loggers else None  # every rank: a collective
         if trainer.is_global_zero and directory is not None:
             atomic_write_text(directory / MEMORY_FILE, json.dumps(self.summary, indent=2))
