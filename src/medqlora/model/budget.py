@@ -8,10 +8,11 @@ to the setting this module predicts fastest among those whose peak fits. Rows pe
 The choice comes from a memory model calibrated by measurement, not from probes at every start: probing each
 candidate as it trains would compile its layer graphs (one to two minutes a shape on a GPU), and eager probes
 overstate what compiled layers keep. The model is linear in the micro-batch's tokens, per decoder layer
-(benchmarks/bench_budget.py measured it on one H100 at every candidate; docs/benchmarks.md): a layer that keeps its
-activations holds `KEPT_BYTES` per token per unit of its width (hidden + MLP intermediate), a checkpointed one its
-inputs (`CHECKPOINT_BYTES` per hidden unit; none on the GPU when offloaded), on top of the weights and training state
-counted from the model's own module tree, the loss's chunk of logits and row attention's score matrix. The speed
+(fitted to the peaks measured on one H100, docs/benchmarks.md): a layer that keeps its activations holds
+`KEPT_BYTES` per token per unit of its width (hidden + MLP intermediate), a checkpointed one its inputs
+(`CHECKPOINT_BYTES` per hidden unit; none on the GPU when offloaded), and the layer backward is working on holds its
+activations once more; on top come the weights and training state counted from the model's own module tree, the
+loss's chunk of logits and row attention's score matrix. The speed
 model says what the same run measured: a micro-batch costs a fixed `MICRO_BATCH_OVERHEAD_TOKENS` of work (the 4-bit
 weights' dequantisation, launches) plus its tokens, and recomputing every layer adds `RECOMPUTE_COST` of the step.
 """
@@ -26,18 +27,18 @@ from medqlora.model.checkpointing import checkpointed_layers
 
 GIB = 1024**3
 
-# Calibration, one H100 80GB, E2B (benchmarks/results/2026-12-07-h100-checkpoint-policy.json and
-# 2026-12-07-h100-budget.json): compiled layers, varlen attention, loss gradient in forward, bf16.
-KEPT_BYTES = 11.4  # bytes a token keeps per unit of width (hidden + intermediate) on a layer that is not checkpointed
-CHECKPOINT_BYTES = 5.0  # bytes a token keeps per hidden unit on a checkpointed layer (its inputs)
+# Calibration: the four peaks of benchmarks/results/2026-12-07-h100-checkpoint-policy.json (one H100 80GB, E2B,
+# compiled layers, varlen attention, loss gradient in forward, bf16), each reproduced within 1%.
+KEPT_BYTES = 10.8  # bytes a token keeps per unit of width (hidden + intermediate) on a layer that is not checkpointed
+CHECKPOINT_BYTES = 2.5  # bytes a token keeps per hidden unit on a checkpointed layer (its inputs)
 LOSS_LOGIT_COPIES = 3  # fp32 [chunk x vocab] buffers alive at the loss's peak
 ATTENTION_SCORE_COPIES = 2  # fp32 [row x row] buffers of one head in the full layers' row attention (varlen)
 WORKSPACE_GIB = 0.05  # what else a step holds (masks, sample bounds, the graph's inputs)
 MICRO_BATCH_OVERHEAD_TOKENS = 1800  # a micro-batch's fixed work, in tokens' worth of compute
 RECOMPUTE_COST = 0.26  # the share of a step that recomputing every layer adds
 OFFLOAD_COST = 0.35  # the share of a step that copying checkpointed layers' inputs to the host and back adds
-MARGIN = 0.05  # of the predicted peak, plus MARGIN_GIB: fragmentation the allocator cannot hand back
-MARGIN_GIB = 0.5
+MARGIN = 0.05  # of the predicted peak, plus MARGIN_GIB: fragmentation the allocator cannot hand back (expandable
+MARGIN_GIB = 0.0  # segments keep it small; the default's 3.79 GiB peak fits a 4 GiB budget)
 AUTO_MARGIN_GIB = 1.0  # `auto` leaves this much of the GPU's free memory to others (and CUDA's own context)
 SHARES = (1.0, 0.75, 0.5, 0.25, 0.0)  # checkpoint_share candidates
 STATE_BYTES = {"adamw_8bit": 10, "paged_adamw_8bit": 10, "adamw": 16}  # per LoRA weight: fp32 value, grad, moments
@@ -195,7 +196,8 @@ def estimate(shape: ModelShape, q: BudgetQuestion, setting: Setting, budget_gib:
     state = shape.lora_params * STATE_BYTES.get(q.optimizer, 16)
     loss = LOSS_LOGIT_COPIES * 4 * shape.vocab * (q.loss_chunk or tokens)
     attention = ATTENTION_SCORE_COPIES * 4 * q.row_tokens**2 if q.row_attention else 0
-    peak = (shape.weight_bytes + state + tokens * per_token + loss + attention) / GIB + WORKSPACE_GIB
+    in_flight = tokens * KEPT_BYTES * max(shape.widths)  # the layer backward is in: its activations, recomputed or kept
+    peak = (shape.weight_bytes + state + tokens * per_token + in_flight + loss + attention) / GIB + WORKSPACE_GIB
     fits = peak * (1 + MARGIN) + MARGIN_GIB <= budget_gib
     return Estimate(setting, peak, relative_speed(q, setting), fits)
 
