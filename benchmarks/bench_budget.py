@@ -154,6 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--deadline-s", type=float, default=1e9, help="start no run after this many seconds")
     parser.add_argument("--sweep", type=Path, help="capped: the sweep's JSON (the best measured candidate per budget)")
     parser.add_argument("--micro", default="2,4,8,16", help="sweep: micro-batch sizes")
+    parser.add_argument("--settings", help="sweep: only these, in order: micro:share[:offload],... e.g. 16:1,8:1")
     parser.add_argument("--max-peak-gib", type=float, default=70.0, help="sweep: skip candidates predicted above it")
     args = parser.parse_args(argv)
 
@@ -237,7 +238,12 @@ def main(argv: list[str] | None = None) -> None:
                 rank = shapes.index(s.micro_batch) if s.micro_batch in shapes else len(shapes)
                 return (rank, order.get(s, len(order)), -s.checkpoint_share, s.offload)
 
-            for s in sorted(settings, key=priority):
+            if args.settings:
+                settings = [
+                    budget.Setting(int(m), ROWS_PER_STEP // int(m), float(sh), bool(off and off[0] == "o"))
+                    for m, sh, *off in (item.split(":") for item in args.settings.split(","))
+                ]
+            for s in settings if args.settings else sorted(settings, key=priority):
                 predicted = budget.estimate(shape, q, s, 1e9)
                 if predicted.peak_gib > args.max_peak_gib or not in_time(s.micro_batch):
                     continue

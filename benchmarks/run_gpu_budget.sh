@@ -17,7 +17,7 @@ bench() { (cd benchmarks && timeout -k 5 "$1" python3 bench_budget.py --model "$
   | grep -v -e "it/s\]$" -e Warning -e warn | grep -e '^{' -e Error -e error | cut -c1-420; }
 for part in ${PART:-sweep}; do  # PART="capped long": both in one call
   case $part in
-    sweep) bench $((${LIMIT:-580} - SECONDS)) --part sweep --json "$KEEP/sweep.json" ;;
+    sweep) bench $((${LIMIT:-580} - SECONDS)) --part sweep --json "$KEEP/sweep.json" ${SETTINGS:+--settings $SETTINGS} ;;
     capped) bench $((${LIMIT:-580} - SECONDS - ${LONG_S:-0})) --part capped --sweep "${SWEEP:-$KEEP/sweep.json}" \
       --json "$KEEP/capped.json" ;;
     long) bench $((${LIMIT:-580} - SECONDS)) --part long --json "$KEEP/long.json" ;;
