@@ -6,11 +6,11 @@
 #   PART=long   bash benchmarks/run_gpu_budget.sh   # 1 x 8192 and 1 x 16384 long-tail rows within 12 GiB
 #   PART=all    bash benchmarks/run_gpu_budget.sh   # all three in one call, most telling runs first, until LIMIT
 # SWEEP=path: the sweep's JSON for capped on another machine; LIMIT: seconds the call may take (580).
-# Carry .gpu-site (docs/benchmarks.md). JSON per part under $OUT and /tmp/bench-budget.
+# Carry .gpu-site (docs/benchmarks.md). JSON per part under $OUT (or $KEEP).
 set -u
 source "$(dirname "$0")/gpu_env.sh"
 export TORCHINDUCTOR_COMPILE_THREADS=${TORCHINDUCTOR_COMPILE_THREADS:-16} BENCH_TIMED=${BENCH_TIMED:-6}
-KEEP=/tmp/bench-budget; mkdir -p "$KEEP"
+KEEP=${KEEP:-$OUT}; mkdir -p "$KEEP"  # each run is saved as it ends: a call cut short keeps it
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 build_checkpoint
 bench() { (cd benchmarks && timeout -k 5 "$1" python3 bench_budget.py --model "$CKPT" "${@:2}") 2>&1 \
@@ -25,5 +25,5 @@ for part in ${PART:-sweep}; do  # PART="capped long": both in one call
       --json "$KEEP/all.json" ;;
   esac
 done
-cp "$KEEP"/*.json "$OUT"/ 2>/dev/null
+[ "$KEEP" = "$OUT" ] || cp "$KEEP"/*.json "$OUT"/ 2>/dev/null
 echo "== done at ${SECONDS}s"
