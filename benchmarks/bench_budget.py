@@ -13,9 +13,11 @@ allocator, as `medqlora fit` sets it with a budget. `--model tiny` smoke-tests o
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import os
+import random
 import sys
 import time
 from pathlib import Path
@@ -31,7 +33,18 @@ from lightning.pytorch.callbacks import Callback  # noqa: E402
 from lightning.pytorch.strategies import SingleDeviceStrategy  # noqa: E402
 from torch.utils.checkpoint import checkpoint  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
-from workload import GIB, LORA, RECIPE, Clock, batch_stats, summarise, synthetic_rows  # noqa: E402
+from workload import (  # noqa: E402
+    EPOCH_ROWS,
+    EPOCH_SUPERVISED_TOKENS,
+    GIB,
+    LORA,
+    RECIPE,
+    Clock,
+    batch_stats,
+    mix_lengths,
+    summarise,
+    synthetic_rows,
+)
 
 from medqlora.callbacks.accumulation import GradientAccumulation  # noqa: E402
 from medqlora.callbacks.memory import PeakMemory  # noqa: E402
@@ -73,9 +86,33 @@ def set_policy(module: QLoRAModule, share: float, offload: bool) -> None:
     module.lean.checkpoint_share, module.lean.offload_checkpoints = share, offload
 
 
+@functools.cache
+def epoch_packs(pack: int) -> int:
+    """Rows of `pack` tokens an epoch of the mix packs into: the same for every micro-batch size (a micro-batch is that
+    many packed rows), so a setting's epoch takes epoch_packs / micro_batch of its micro-batch steps."""
+    rng = random.Random(0)
+    lengths = [sum(mix_lengths(rng)) for _ in range(EPOCH_ROWS)]
+    return len(PackingBatchSampler(lengths, pack, 0, True, 0, 1, 1))
+
+
+def add_epoch_figures(result: dict) -> None:
+    """The epoch's minutes and supervised tokens/s at this setting's median micro-batch time. The timed sample's own
+    supervised rate is not comparable across micro-batch sizes: a few micro-batches of 2 rows see other rows (another
+    supervised share and padding) than a few of 16."""
+    seconds = epoch_packs(result["pack_tokens"]) / result["micro_batch"] * result["step_s_median"]
+    result["epoch_minutes"] = seconds / 60
+    result["epoch_supervised_tokens_per_s"] = EPOCH_SUPERVISED_TOKENS / seconds
+
+
 def fit_once(module: QLoRAModule, rows: list[dict], setting: budget.Setting, pack: int, cap_gib: float | None) -> dict:
     """Train WARM + TIMED micro-batches of `setting` (under `cap_gib` if given); its figures, or its error."""
-    device = module.device if module.model is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = (
+        module.device
+        if module.model is not None
+        else torch.device("cuda", 0)
+        if torch.cuda.is_available()
+        else torch.device("cpu")
+    )
     if module.model is not None:
         set_policy(module, setting.checkpoint_share, setting.offload)
     else:  # set up by the fit below: with an offloading first setting, the CUDA graph stays off for the module's life
@@ -86,6 +123,9 @@ def fit_once(module: QLoRAModule, rows: list[dict], setting: budget.Setting, pac
         total = torch.cuda.get_device_properties(device).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, (cap_gib or 1e9) * GIB / total))
         torch.cuda.reset_peak_memory_stats()
+    # what earlier runs left allocated (the model's weights, and after an out-of-memory error whatever its frames held):
+    # part of this run's peak
+    held_gib = torch.cuda.memory_allocated(device) / GIB if device.type == "cuda" else 0.0
     clock, memory = Clock(), PeakMemory(every_n_steps=1)
     lengths = [len(r["input_ids"]) for r in rows]
     sampler = PackingBatchSampler(lengths, pack, 0, True, 0, 1, setting.micro_batch)
@@ -119,13 +159,18 @@ def fit_once(module: QLoRAModule, rows: list[dict], setting: budget.Setting, pac
     try:
         trainer.fit(module, datamodule=Rows())
         result = summarise("medqlora", "real-lengths", clock, device, WARM)
+        if pack == RECIPE["max_length"]:  # the mix's rows (the long-row runs have an epoch of their own)
+            result.update(micro_batch=setting.micro_batch, pack_tokens=pack)
+            add_epoch_figures(result)
         if device.type == "cuda":
             result["peak_alloc_gib"] = memory.summary.get("peak_gib", result["peak_alloc_gib"])
             result["peak_reserved_gib"] = memory.summary.get("peak_reserved_gib", result["peak_reserved_gib"])
     except torch.OutOfMemoryError as err:
         result = {"error": "out of memory", "detail": str(err).splitlines()[0]}
+        trainer.strategy.optimizers = []  # the failed step's state goes before the next run measures its peak
     finally:
-        module.train_step.release()
+        if module.train_step is not None:  # None when the first fit failed before set-up
+            module.train_step.release()
     result.update(
         micro_batch=setting.micro_batch,
         accumulate=setting.accumulate,
@@ -133,6 +178,7 @@ def fit_once(module: QLoRAModule, rows: list[dict], setting: budget.Setting, pac
         offload_checkpoints=setting.offload,
         pack_tokens=pack,
         memory_cap_gib=cap_gib,
+        held_at_start_gib=held_gib,
         wall_s=round(time.perf_counter() - started, 1),
     )
     print(json.dumps({k: v for k, v in result.items() if k != "step_s"}), flush=True)
@@ -150,13 +196,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True)
     parser.add_argument("--json", required=True, type=Path)
-    parser.add_argument("--part", choices=("sweep", "capped", "long", "all"), required=True)
+    parser.add_argument("--part", required=True, help="sweep, capped, long, or some joined by commas; all: the three")
+    parser.add_argument("--long-reserve-s", type=float, default=0, help="capped: leave this long to the long rows")
     parser.add_argument("--deadline-s", type=float, default=1e9, help="start no run after this many seconds")
     parser.add_argument("--sweep", type=Path, help="capped: the sweep's JSON (the best measured candidate per budget)")
     parser.add_argument("--micro", default="2,4,8,16", help="sweep: micro-batch sizes")
     parser.add_argument("--settings", help="sweep: only these, in order: micro:share[:offload],... e.g. 16:1,8:1")
     parser.add_argument("--max-peak-gib", type=float, default=70.0, help="sweep: skip candidates predicted above it")
     args = parser.parse_args(argv)
+    parts = {"sweep", "capped", "long"} if args.part == "all" else set(args.part.split(","))
 
     from medqlora.hub import load_config, resolve_name_or_path
 
@@ -195,10 +243,10 @@ def main(argv: list[str] | None = None) -> None:
 
     started = time.perf_counter()
 
-    def in_time(micro_batch: int) -> bool:  # leave a run's worth of time (a new shape compiles for about a minute)
-        return time.perf_counter() - started + 30 + 3 * micro_batch < args.deadline_s
+    def in_time(micro_batch: int, reserve: float = 0) -> bool:  # leave a run's time (a new shape compiles a minute)
+        return time.perf_counter() - started + 30 + 3 * micro_batch + reserve < args.deadline_s
 
-    if args.part in ("sweep", "capped", "all"):
+    if parts & {"sweep", "capped"}:
         pack = RECIPE["max_length"] if on_gpu else 256
         q = question(model_path, pack, "varlen")
         rows = synthetic_rows("real-lengths", 16 * (WARM + TIMED) * 8, vocab, seed=0, max_len=pack)
@@ -214,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
                 }
             except budget.BudgetTooSmall as err:
                 plans[cap] = {"pick": None, "refused": str(err)}
-        if args.part in ("sweep", "all"):
+        if "sweep" in parts:
             micro = [int(m) for m in args.micro.split(",")]
             shape = budget.model_shape(q.name_or_path, q.ple_on_host, q.lora_r, q.lora_targets)
             settings = [
@@ -251,30 +299,32 @@ def main(argv: list[str] | None = None) -> None:
                 result.update(predicted_peak_gib=predicted.peak_gib, predicted_speed=predicted.speed)
                 runs.append(result)
                 save()
-        if args.part in ("capped", "all"):
+        if "capped" in parts:
             sweep = json.loads(args.sweep.read_text())["runs"] if args.sweep else list(runs)
+            for r in sweep:
+                if "error" not in r and "epoch_supervised_tokens_per_s" not in r:
+                    add_epoch_figures(r)  # a sweep saved before the epoch figures: its runs' step times price them
+            wanted: list[tuple[float, str, budget.Setting]] = []
             for cap in BUDGETS:
-                wanted = []
                 if plans[cap].get("pick"):
-                    wanted.append(("pick", budget.Setting(**plans[cap]["pick"])))
-                fitting = [r for r in sweep if "error" not in r and r.get("peak_reserved_gib", 0) <= cap]
-                fitting += [
-                    r for r in sweep if "error" not in r and r.get("peak_alloc_gib", 0) <= cap and r not in fitting
-                ]
-                for r in sorted(fitting, key=lambda r: -r["supervised_tokens_per_s"])[:2]:
+                    wanted.append((cap, "pick", budget.Setting(**plans[cap]["pick"])))
+                fitting = [r for r in sweep if "error" not in r and r.get("peak_reserved_gib", 1e9) <= cap]
+                for r in sorted(fitting, key=lambda r: -r["epoch_supervised_tokens_per_s"])[:1]:
                     s = budget.Setting(
                         r["micro_batch"], r["accumulate"], r["checkpoint_share"], r["offload_checkpoints"]
                     )
-                    if all(s != w for _, w in wanted):
-                        wanted.append(("best-measured", s))
-                for role, s in sorted(wanted, key=lambda w: w[1].offload):  # the graph is set up by a first fit without
-                    if not in_time(s.micro_batch):
-                        continue
-                    result = fit_once(module, rows, s, pack, cap)
-                    result["role"] = role
-                    runs.append(result)
-                    save()
-    if args.part in ("long", "all"):  # long rows within 12 GiB: offloaded checkpoints, FlexAttention at 16384
+                    if all(s != w for c, _, w in wanted if c == cap):
+                        wanted.append((cap, "best-measured", s))
+            # the picks first; one micro-batch shape after another (each compiles once); offloading last (no CUDA
+            # graph after it)
+            for cap, role, s in sorted(wanted, key=lambda w: (w[1] != "pick", w[2].offload, w[2].micro_batch, w[0])):
+                if not in_time(s.micro_batch, args.long_reserve_s if "long" in parts else 0):
+                    continue
+                result = fit_once(module, rows, s, pack, cap)
+                result["role"] = role
+                runs.append(result)
+                save()
+    if "long" in parts:  # long rows within 12 GiB: offloaded checkpoints, FlexAttention at 16384
         for pack, attention in ((8192, "varlen"), (16384, "flex")):
             if not on_gpu:
                 pack, attention = pack // 8, "auto"

@@ -5,6 +5,8 @@
 #   PART=capped bash benchmarks/run_gpu_budget.sh   # the planner's pick and the best measured under each cap
 #   PART=long   bash benchmarks/run_gpu_budget.sh   # 1 x 8192 and 1 x 16384 long-tail rows within 12 GiB
 #   PART=all    bash benchmarks/run_gpu_budget.sh   # all three in one call, most telling runs first, until LIMIT
+#   PART=capped,long SWEEP=benchmarks/results/2026-12-07-h100-budget-sweep.json bash benchmarks/run_gpu_budget.sh
+#                                                   # capped and long in one process, LONG_S seconds left to long
 # SWEEP=path: the sweep's JSON for capped on another machine; LIMIT: seconds the call may take (580).
 # Carry .gpu-site (docs/benchmarks.md). JSON per part under $OUT (or $KEEP).
 set -u
@@ -23,6 +25,8 @@ for part in ${PART:-sweep}; do  # PART="capped long": both in one call
     long) bench $((${LIMIT:-580} - SECONDS)) --part long --json "$KEEP/long.json" ;;
     all) bench $((${LIMIT:-580} - SECONDS)) --part all --deadline-s $((${LIMIT:-580} - SECONDS - 40)) \
       --json "$KEEP/all.json" ;;
+    capped,long) bench $((${LIMIT:-580} - SECONDS)) --part capped,long --sweep "${SWEEP:-$KEEP/sweep.json}" \
+      --deadline-s $((${LIMIT:-580} - SECONDS - 40)) --long-reserve-s "${LONG_S:-240}" --json "$KEEP/capped-long.json" ;;
   esac
 done
 [ "$KEEP" = "$OUT" ] || cp "$KEEP"/*.json "$OUT"/ 2>/dev/null

@@ -10,11 +10,12 @@ candidate as it trains would compile its layer graphs (one to two minutes a shap
 overstate what compiled layers keep. The model is linear in the micro-batch's tokens, per decoder layer
 (fitted to the peaks measured on one H100, docs/benchmarks.md): a layer that keeps its activations holds
 `KEPT_BYTES` per token per unit of its width (hidden + MLP intermediate), a checkpointed one its inputs
-(`CHECKPOINT_BYTES` per hidden unit; none on the GPU when offloaded), and the layer backward is working on holds its
-activations once more; on top come the weights and training state counted from the model's own module tree, the
-loss's chunk of logits and row attention's score matrix. The speed
-model says what the same run measured: a micro-batch costs a fixed `MICRO_BATCH_OVERHEAD_TOKENS` of work (the 4-bit
-weights' dequantisation, launches) plus its tokens, and recomputing every layer adds `RECOMPUTE_COST` of the step.
+(`CHECKPOINT_BYTES` per hidden unit; none on the GPU when offloaded), and the layer backward is working on
+`IN_FLIGHT_BYTES` per unit of its width (its activations and their gradients); on top come the weights and training
+state counted from the model's own module tree, the larger of that layer and the loss's chunk of logits (they peak at
+different moments) and row attention's score matrix. The speed model says what the same runs measured: a micro-batch
+costs a fixed `MICRO_BATCH_OVERHEAD_TOKENS` of work (the 4-bit weights' dequantisation, launches) plus its tokens,
+recomputing every layer adds `RECOMPUTE_COST`, offloading a fixed `OFFLOAD_OVERHEAD_TOKENS` a micro-batch.
 """
 
 from __future__ import annotations
@@ -27,18 +28,24 @@ from medqlora.model.checkpointing import checkpointed_layers
 
 GIB = 1024**3
 
-# Calibration: the four peaks of benchmarks/results/2026-12-07-h100-checkpoint-policy.json (one H100 80GB, E2B,
-# compiled layers, varlen attention, loss gradient in forward, bf16), each reproduced within 1%.
-KEPT_BYTES = 10.8  # bytes a token keeps per unit of width (hidden + intermediate) on a layer that is not checkpointed
-CHECKPOINT_BYTES = 2.5  # bytes a token keeps per hidden unit on a checkpointed layer (its inputs)
-LOSS_LOGIT_COPIES = 3  # fp32 [chunk x vocab] buffers alive at the loss's peak
+# Calibration: the ten runs of benchmarks/results/2026-12-07-h100-budget-sweep.json (one H100 80GB, E2B, compiled
+# layers, varlen attention, loss gradient in forward, bf16; 2, 8 and 16 rows of 2048 tokens, every layer, half or none
+# checkpointed, offloaded or not), each peak within 4%, each micro-batch time within 1% (offloaded: 10-50%).
+KEPT_BYTES = 10.46  # bytes a token keeps per unit of width (hidden + intermediate) on a layer that is not checkpointed
+CHECKPOINT_BYTES = 2.22  # bytes a token keeps per hidden unit on a checkpointed layer (its inputs)
+IN_FLIGHT_BYTES = 25.4  # bytes a token holds per unit of width in the layer backward is working on
+LOSS_LOGIT_COPIES = 3  # fp32 [chunk x vocab] buffers alive at the loss's peak (not at the same time as the above)
 ATTENTION_SCORE_COPIES = 2  # fp32 [row x row] buffers of one head in the full layers' row attention (varlen)
-WORKSPACE_GIB = 0.05  # what else a step holds (masks, sample bounds, the graph's inputs)
-MICRO_BATCH_OVERHEAD_TOKENS = 1800  # a micro-batch's fixed work, in tokens' worth of compute
-RECOMPUTE_COST = 0.26  # the share of a step that recomputing every layer adds
-OFFLOAD_COST = 0.35  # the share of a step that copying checkpointed layers' inputs to the host and back adds
-MARGIN = 0.05  # of the predicted peak, plus MARGIN_GIB: fragmentation the allocator cannot hand back (expandable
-MARGIN_GIB = 0.0  # segments keep it small; the default's 3.79 GiB peak fits a 4 GiB budget)
+WORKSPACE_GIB = 0.14  # what else a step holds (masks, sample bounds, the graph's inputs, library workspaces)
+MICRO_BATCH_OVERHEAD_TOKENS = 475  # a micro-batch's fixed work, in tokens' worth of compute
+RECOMPUTE_COST = 0.275  # the share of a step that recomputing every layer adds
+OFFLOAD_OVERHEAD_TOKENS = 4700  # offloading's cost a micro-batch (host copies; the CUDA graph cannot capture them)
+# the budget holds the allocator's reserve too: predicted peak x (1 + MARGIN) + MARGIN_GIB. Measured with expandable
+# segments (benchmarks/results/2026-12-07-h100-budget-*.json): the reserve ran 0.15-0.65 GiB over the allocated peak
+# (CUDA graph pools, allocator slack; 1.5 GiB at 16 rows, every layer checkpointed), and the default's 3.79 GiB peak
+# ran out of memory under a 4 GiB cap
+MARGIN = 0.05
+MARGIN_GIB = 0.5
 AUTO_MARGIN_GIB = 1.0  # `auto` leaves this much of the GPU's free memory to others (and CUDA's own context)
 SHARES = (1.0, 0.75, 0.5, 0.25, 0.0)  # checkpoint_share candidates
 STATE_BYTES = {"adamw_8bit": 10, "paged_adamw_8bit": 10, "adamw": 16}  # per LoRA weight: fp32 value, grad, moments
@@ -196,15 +203,17 @@ def estimate(shape: ModelShape, q: BudgetQuestion, setting: Setting, budget_gib:
     state = shape.lora_params * STATE_BYTES.get(q.optimizer, 16)
     loss = LOSS_LOGIT_COPIES * 4 * shape.vocab * (q.loss_chunk or tokens)
     attention = ATTENTION_SCORE_COPIES * 4 * q.row_tokens**2 if q.row_attention else 0
-    in_flight = tokens * KEPT_BYTES * max(shape.widths)  # the layer backward is in: its activations, recomputed or kept
-    peak = (shape.weight_bytes + state + tokens * per_token + in_flight + loss + attention) / GIB + WORKSPACE_GIB
+    in_flight = tokens * IN_FLIGHT_BYTES * max(shape.widths)  # the layer backward is in: activations and their grads
+    peak = (shape.weight_bytes + state + tokens * per_token + max(in_flight, loss) + attention) / GIB + WORKSPACE_GIB
     fits = peak * (1 + MARGIN) + MARGIN_GIB <= budget_gib
     return Estimate(setting, peak, relative_speed(q, setting), fits)
 
 
 def step_cost(tokens: int, share: float, offload: bool) -> float:
     """The speed model: a micro-batch's time in tokens' worth of work."""
-    return (MICRO_BATCH_OVERHEAD_TOKENS + tokens) * (1 + RECOMPUTE_COST * share + (OFFLOAD_COST if offload else 0))
+    return (MICRO_BATCH_OVERHEAD_TOKENS + tokens) * (1 + RECOMPUTE_COST * share) + (
+        OFFLOAD_OVERHEAD_TOKENS if offload else 0
+    )
 
 
 def relative_speed(q: BudgetQuestion, setting: Setting) -> float:
