@@ -95,7 +95,8 @@ def test_medqa_accuracy_during_training_follows_what_the_adapter_learns(trained)
 
 def test_merged_weights_give_the_unmerged_logits_without_peft(trained, tmp_path, tokenizer):
     """Tolerance: both sides run in bf16, and merging rounds W + BA to bf16 once: logits agree to 0.1 (single
-    elements; ~1e-2 typical), and the whole difference is under 5% of what the adapter changes."""
+    elements; ~1e-2 typical), and the whole difference is under 10% of what the adapter changes (a lost adapter: 100%;
+    30 steps leave a small one, and the rounding came to 5.3% of it with oneDNN's BF16 off, under 5% elsewhere)."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -112,7 +113,7 @@ def test_merged_weights_give_the_unmerged_logits_without_peft(trained, tmp_path,
             plain = unmerged(input_ids=ids).logits.float()
     torch.testing.assert_close(got, expected, atol=1e-1, rtol=0)
     # the merge error is small against what the adapter changes (bf16 rounding, not a lost adapter)
-    assert (got - expected).norm() < 0.05 * (expected - plain).norm()
+    assert (got - expected).norm() < 0.10 * (expected - plain).norm()
 
 
 def test_model_card_holds_the_numbers_the_run_produced(tmp_path, monkeypatch):
