@@ -20,6 +20,7 @@ import os
 import random
 import sys
 import time
+import traceback
 from pathlib import Path
 
 os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
@@ -46,13 +47,14 @@ from workload import (  # noqa: E402
     synthetic_rows,
 )
 
+from medqlora import compat  # noqa: E402
 from medqlora.callbacks.accumulation import GradientAccumulation  # noqa: E402
 from medqlora.callbacks.memory import PeakMemory  # noqa: E402
 from medqlora.callbacks.schedule import CosineWarmup  # noqa: E402
 from medqlora.data.collate import Collator, PackedRows, PackingBatchSampler  # noqa: E402
 from medqlora.model import budget  # noqa: E402
 from medqlora.model.checkpointing import checkpointed_layers, offloaded  # noqa: E402
-from medqlora.model.compile import CompiledLayerForward, decoder_layers  # noqa: E402
+from medqlora.model.compile import CompiledLayerForward, compile_decoder_layers, decoder_layers  # noqa: E402
 from medqlora.model.lean import LeanSpec  # noqa: E402
 from medqlora.model.loading import QuantSpec  # noqa: E402
 from medqlora.model.lora import LoraSpec  # noqa: E402
@@ -70,10 +72,14 @@ class KeepOnDevice(SingleDeviceStrategy):
         self.optimizers = []
 
 
-def set_policy(module: QLoRAModule, share: float, offload: bool) -> None:
-    """Checkpoint `share` of the compiled layers (inputs offloaded with `offload`), and drop the old CUDA graph."""
+def set_policy(module: QLoRAModule, share: float, offload: bool, activation_budget: float = 1.0) -> None:
+    """Checkpoint `share` of the compiled layers (inputs offloaded with `offload`), the others keeping
+    `activation_budget` of their activations (a new budget compiles the layers again), and drop the old CUDA graph."""
     layers = decoder_layers(module.model)
     chosen = checkpointed_layers(len(layers), share)
+    if isinstance(layers[0].forward, CompiledLayerForward) and activation_budget != module.lean.kept_activations:
+        compile_decoder_layers(module.model, chosen, offload, activation_budget)
+        module.lean.activation_budget = activation_budget
     for index, layer in enumerate(layers):
         forward = layer.forward
         if not isinstance(forward, CompiledLayerForward):  # eager layers (the CPU smoke test): no offloading
@@ -114,9 +120,10 @@ def fit_once(module: QLoRAModule, rows: list[dict], setting: budget.Setting, pac
         else torch.device("cpu")
     )
     if module.model is not None:
-        set_policy(module, setting.checkpoint_share, setting.offload)
+        set_policy(module, setting.checkpoint_share, setting.offload, setting.activation_budget)
     else:  # set up by the fit below: with an offloading first setting, the CUDA graph stays off for the module's life
         module.lean.checkpoint_share, module.lean.offload_checkpoints = setting.checkpoint_share, setting.offload
+        module.lean.activation_budget = setting.activation_budget
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -168,6 +175,10 @@ def fit_once(module: QLoRAModule, rows: list[dict], setting: budget.Setting, pac
     except torch.OutOfMemoryError as err:
         result = {"error": "out of memory", "detail": str(err).splitlines()[0]}
         trainer.strategy.optimizers = []  # the failed step's state goes before the next run measures its peak
+    except Exception as err:  # noqa: BLE001 - one setting failing (a compiler error) must not lose the others
+        trace = traceback.format_exc()
+        result = {"error": type(err).__name__, "detail": trace[-3000:]}
+        trainer.strategy.optimizers = []
     finally:
         if module.train_step is not None:  # None when the first fit failed before set-up
             module.train_step.release()
@@ -176,6 +187,8 @@ def fit_once(module: QLoRAModule, rows: list[dict], setting: budget.Setting, pac
         accumulate=setting.accumulate,
         checkpoint_share=setting.checkpoint_share,
         offload_checkpoints=setting.offload,
+        activation_budget=setting.activation_budget,
+        uncounted_ops=sorted(compat.UNCOUNTED_OPS),
         pack_tokens=pack,
         memory_cap_gib=cap_gib,
         held_at_start_gib=held_gib,
@@ -201,7 +214,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--deadline-s", type=float, default=1e9, help="start no run after this many seconds")
     parser.add_argument("--sweep", type=Path, help="capped: the sweep's JSON (the best measured candidate per budget)")
     parser.add_argument("--micro", default="2,4,8,16", help="sweep: micro-batch sizes")
-    parser.add_argument("--settings", help="sweep: only these, in order: micro:share[:offload],... e.g. 16:1,8:1")
+    parser.add_argument(
+        "--settings",
+        help="sweep: only these, in order: micro:share[:offload[:activation budget]],... e.g. 8:1,2:0:-:.5",
+    )
     parser.add_argument("--max-peak-gib", type=float, default=70.0, help="sweep: skip candidates predicted above it")
     args = parser.parse_args(argv)
     parts = {"sweep", "capped", "long"} if args.part == "all" else set(args.part.split(","))
@@ -288,8 +304,14 @@ def main(argv: list[str] | None = None) -> None:
 
             if args.settings:
                 settings = [
-                    budget.Setting(int(m), ROWS_PER_STEP // int(m), float(sh), bool(off and off[0] == "o"))
-                    for m, sh, *off in (item.split(":") for item in args.settings.split(","))
+                    budget.Setting(
+                        int(m),
+                        ROWS_PER_STEP // int(m),
+                        float(sh),
+                        bool(rest and rest[0] == "o"),
+                        float(rest[1]) if len(rest) > 1 else 1.0,
+                    )
+                    for m, sh, *rest in (item.split(":") for item in args.settings.split(","))
                 ]
             for s in settings if args.settings else sorted(settings, key=priority):
                 predicted = budget.estimate(shape, q, s, 1e9)
@@ -299,6 +321,14 @@ def main(argv: list[str] | None = None) -> None:
                 result.update(predicted_peak_gib=predicted.peak_gib, predicted_speed=predicted.speed)
                 runs.append(result)
                 save()
+                if result.get("error") == "BackendCompilerFailed" and s.activation_budget < 1:
+                    # the partitioner's knapsack failed: once more with its greedy solver (torch 2.11 on the GPU)
+                    module.lean.activation_budget = 1.0  # compile this setting's layers afresh
+                    with torch._functorch.config.patch(activation_memory_budget_solver="greedy"):
+                        result = fit_once(module, rows, s, pack, None)
+                    result.update(predicted_peak_gib=predicted.peak_gib, solver="greedy")
+                    runs.append(result)
+                    save()
         if "capped" in parts:
             sweep = json.loads(args.sweep.read_text())["runs"] if args.sweep else list(runs)
             for r in sweep:
@@ -311,7 +341,11 @@ def main(argv: list[str] | None = None) -> None:
                 fitting = [r for r in sweep if "error" not in r and r.get("peak_reserved_gib", 1e9) <= cap]
                 for r in sorted(fitting, key=lambda r: -r["epoch_supervised_tokens_per_s"])[:1]:
                     s = budget.Setting(
-                        r["micro_batch"], r["accumulate"], r["checkpoint_share"], r["offload_checkpoints"]
+                        r["micro_batch"],
+                        r["accumulate"],
+                        r["checkpoint_share"],
+                        r["offload_checkpoints"],
+                        r.get("activation_budget", 1.0),
                     )
                     if all(s != w for c, _, w in wanted if c == cap):
                         wanted.append((cap, "best-measured", s))

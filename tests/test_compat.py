@@ -268,3 +268,67 @@ def test_compat_adamw8bit_without_syncs():
     assert "if self.is_paged" in inspect.getsource(bnb_optimizer.Optimizer8bit.prefetch_state)
     ours = compat.adamw8bit_without_syncs()
     assert issubclass(ours, bnb_optimizer.Optimizer8bit) and "sync_gpu" not in inspect.getsource(ours.step)
+
+
+def test_compat_activation_memory_budget():
+    from torch._functorch import config
+
+    before = config.activation_memory_budget
+    with compat.activation_memory_budget(0.4):
+        assert config.activation_memory_budget == 0.4
+    assert config.activation_memory_budget == before  # what the partitioner does with it: test_checkpointing.py
+
+
+def test_compat_count_grouped_query_attention(monkeypatch):
+    """Under torch 2.11's counter (equal heads asserted, simulated here) grouped-query attention counts as the same
+    attention with its key/value heads repeated; the registered formulas find the replacement by name."""
+    from torch.utils import flop_counter
+
+    real = flop_counter.sdpa_flop_count
+
+    def equal_heads_only(query_shape, key_shape, value_shape):
+        if not query_shape[1] == key_shape[1] == value_shape[1]:
+            raise AssertionError("sdpa_flop_count: query/key/value shapes are incompatible")
+        return real(query_shape, key_shape, value_shape)
+
+    monkeypatch.setattr(flop_counter, "sdpa_flop_count", equal_heads_only)
+    monkeypatch.setattr(flop_counter, "sdpa_backward_flop_count", flop_counter.sdpa_backward_flop_count)
+    # meta tensors: only shapes, as the partitioner's estimate runs an op (the CPU's SDPA has no formula)
+    q, kv = torch.empty(1, 4, 8, 16, device="meta"), torch.empty(1, 1, 8, 16, device="meta")
+
+    def counted(key) -> int:
+        with flop_counter.FlopCounterMode(display=False) as mode:
+            torch.ops.aten._scaled_dot_product_flash_attention(q, key, key)
+        return mode.get_total_flops()
+
+    try:
+        counted(kv)
+        raise RuntimeError("the simulated counter was not used")
+    except AssertionError:
+        pass
+    compat.count_grouped_query_attention()
+    assert counted(kv) == counted(kv.expand(1, 4, 8, 16)) > 0
+
+
+def test_compat_keep_uncounted_ops(monkeypatch):
+    """An op torch's FLOP estimate fails on (row attention's fp32-output bmm on a GPU: `bmm_flop() got multiple values
+    for argument 'out_shape'` in torch 2.11 and 2.13) is priced as never worth recomputing instead of failing the
+    compilation; the partitioner calls the estimate by its module-level name."""
+    from torch._functorch import partitioners
+
+    monkeypatch.setattr(partitioners, "estimate_runtime", partitioners.estimate_runtime)  # undone after the test
+    assert "estimate_runtime(node)" in inspect.getsource(partitioners)
+    graph = torch.fx.Graph()
+    a, b = graph.placeholder("a"), graph.placeholder("b")
+    a.meta["val"] = torch.empty(2, 8, 4, device="meta", dtype=torch.bfloat16)
+    b.meta["val"] = torch.empty(2, 4, 8, device="meta", dtype=torch.bfloat16)
+    node = graph.call_function(torch.ops.aten.bmm.dtype, (a, b, torch.float32))
+    try:
+        partitioners.estimate_runtime(node)
+        failed = False
+    except Exception:  # noqa: BLE001
+        failed = True
+    compat.keep_uncounted_ops()
+    cost = partitioners.estimate_runtime(node)
+    assert cost >= 1e18 if failed else cost >= 1
+    assert ("aten.bmm.dtype" in compat.UNCOUNTED_OPS) == failed

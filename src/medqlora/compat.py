@@ -106,6 +106,69 @@ def raise_recompile_limit(at_least: int) -> None:
     setattr(config, name, max(getattr(config, name), at_least))
 
 
+def activation_memory_budget(budget: float):
+    """A context in which `torch.compile` partitions a graph's forward and backward keeping `budget` of the
+    activations it would save (above what recomputing everything keeps; the rest recomputed, fewest FLOPs first).
+    torch: `torch._functorch.config.activation_memory_budget`, read when a graph compiles; torch >= 2.12 also has
+    `torch.autograd.graph.region_activation_memory_budget`, torch 2.11 (the GPU image) only the config."""
+    from torch._functorch import config
+
+    return config.patch(activation_memory_budget=budget)
+
+
+UNCOUNTED_OPS: set[str] = set()  # ops the partitioner's FLOP estimate failed on (kept, never recomputed)
+
+
+def keep_uncounted_ops() -> None:
+    """Under `activation_memory_budget` the partitioner prices recomputing each op by running it under torch's
+    FlopCounter (`torch._functorch.partitioners.estimate_runtime`); an op whose formula fails on the graph's shapes
+    (custom kernels, shapes a formula does not expect) would fail the whole compilation. Price such an op as too
+    dear to recompute instead, so its output is kept, and note its name in UNCOUNTED_OPS. Looked up by name at each
+    call in torch 2.11 and 2.13."""
+    from torch._functorch import partitioners
+
+    estimate = partitioners.estimate_runtime
+    if getattr(estimate, "keeps_uncounted", False):
+        return
+
+    def estimate_runtime(node):
+        try:
+            return estimate(node)
+        except Exception:  # noqa: BLE001 - any failure of the estimate: keep the op's output
+            UNCOUNTED_OPS.add(str(node.target))
+            return 1e18
+
+    estimate_runtime.keeps_uncounted = True
+    partitioners.estimate_runtime = estimate_runtime
+
+
+def count_grouped_query_attention() -> None:
+    """Let torch's FlopCounter count attention whose keys and values have fewer heads than its queries (Gemma 4's
+    grouped-query attention), as the same attention with their heads repeated. The partitioner counts each op's FLOPs
+    under `activation_memory_budget`; torch 2.11's `torch.utils.flop_counter.sdpa_flop_count` and
+    `sdpa_backward_flop_count` assert equal heads (torch >= 2.12 counts grouped-query attention itself: then nothing
+    changes). Their registered formulas look both up by name at each call, so replacing them here is seen."""
+    from torch.utils import flop_counter
+
+    try:
+        flop_counter.sdpa_flop_count((1, 2, 4, 8), (1, 1, 4, 8), (1, 1, 4, 8))
+        return  # counts it already
+    except AssertionError:
+        pass
+    forward, backward = flop_counter.sdpa_flop_count, flop_counter.sdpa_backward_flop_count
+
+    def repeated(query_shape, *shapes):
+        return [(s[0], query_shape[1], *s[2:]) for s in shapes]
+
+    def sdpa_flop_count(query_shape, key_shape, value_shape):
+        return forward(query_shape, *repeated(query_shape, key_shape, value_shape))
+
+    def sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape):
+        return backward(grad_out_shape, query_shape, *repeated(query_shape, key_shape, value_shape))
+
+    flop_counter.sdpa_flop_count, flop_counter.sdpa_backward_flop_count = sdpa_flop_count, sdpa_backward_flop_count
+
+
 def replace_forward(module: nn.Module, forward: Callable) -> None:
     """Route every call of `module` through `forward` (hooks still run). torch's `Module.__call__` calls
     `self.forward`, so an instance attribute wins over the class's method; transformers' layer loop calls the layer

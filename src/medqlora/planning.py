@@ -11,7 +11,7 @@ import os
 
 from lightning.pytorch.utilities import rank_zero_info
 
-from medqlora.model.budget import GIB, BudgetQuestion, Plan, auto_budget_gib, plan
+from medqlora.model.budget import GIB, BudgetQuestion, Plan, Setting, auto_budget_gib, plan
 
 ACCUMULATION = "GradientAccumulation"  # the callback whose `accumulate` the plan sets (callbacks/accumulation.py)
 
@@ -36,6 +36,7 @@ def question(config) -> BudgetQuestion:
     _, accumulate = _accumulation(config)
     lean = _get(config, "model.lean")
     share, offload = _get(lean, "checkpoint_share", 1.0), _get(lean, "offload_checkpoints", False)
+    kept = _get(lean, "activation_budget", 1.0)
     packing = bool(_get(config, "data.packing", True))
     max_length = int(_get(config, "data.max_length", 2048))
     attention = _get(lean, "attention", "auto")
@@ -46,6 +47,8 @@ def question(config) -> BudgetQuestion:
         micro_batch=None if micro == "auto" else int(micro),
         checkpoint_share=None if share == "auto" else float(share),
         offload=None if offload == "auto" else bool(offload),
+        activation_budget=None if kept == "auto" else float(kept),
+        compiled=_compiles(config),
         gradient_checkpointing=bool(_get(config, "model.gradient_checkpointing", True)),
         loss_chunk=int(_get(lean, "loss_chunk_size", 256)) if _get(lean, "chunked_loss", True) else 0,
         row_attention=attention in ("auto", "varlen"),
@@ -56,6 +59,26 @@ def question(config) -> BudgetQuestion:
     )
 
 
+def _compiles(config) -> bool:
+    """Will the decoder layers compile (selective checkpointing happens in their graphs)? As `resolve_compile` decides
+    at set-up: `compile_layers` true, or `auto` on a GPU run (accelerator gpu, or auto with a GPU visible) that neither
+    shards with FSDP nor runs eager attention."""
+    switch = _get(config, "model.lean.compile_layers", "auto")
+    if switch != "auto":
+        return bool(switch)
+    if (
+        "fsdp" in str(_get(config, "trainer.strategy", "auto")).lower()
+        or _get(config, "model.lean.attention") == "eager"
+    ):
+        return False
+    accelerator = str(_get(config, "trainer.accelerator", "auto"))
+    if accelerator == "auto":
+        import torch
+
+        return torch.cuda.is_available()
+    return accelerator in ("gpu", "cuda")
+
+
 def budget_of(config) -> float | None:
     """The config's budget in GiB (`auto` read from the GPU), or None when it sets none."""
     budget = _get(config, "model.lean.memory_budget_gib")
@@ -64,17 +87,18 @@ def budget_of(config) -> float | None:
     return auto_budget_gib() if budget == "auto" else float(budget)
 
 
-def _write(config, micro: int, accumulate: int, share: float, offload: bool) -> None:
+def _write(config, setting: Setting) -> None:
     """Put resolved values into the parsed config (what config.yaml and every class then get)."""
-    config.data.micro_batch_size = micro
+    config.data.micro_batch_size = setting.micro_batch
     if _get(config, "model.lean") is not None:
-        config.model.lean.checkpoint_share = share
-        config.model.lean.offload_checkpoints = offload
+        config.model.lean.checkpoint_share = setting.checkpoint_share
+        config.model.lean.offload_checkpoints = setting.offload
+        config.model.lean.activation_budget = setting.activation_budget
     args, _ = _accumulation(config)
     if args is not None:
-        args.accumulate = accumulate
+        args.accumulate = setting.accumulate
     else:
-        config.trainer.accumulate_grad_batches = accumulate
+        config.trainer.accumulate_grad_batches = setting.accumulate
 
 
 def resolve(config, resumed: dict | None = None, announce: bool = True, use_budget: bool = True) -> Plan | None:
@@ -83,43 +107,45 @@ def resolve(config, resumed: dict | None = None, announce: bool = True, use_budg
     every layer checkpointed, nothing offloaded). The rows per optimizer step stay; the accumulation adjusts.
     `use_budget=False` (validate, test, predict): the recipe's values, whatever the budget."""
     q = question(config)
-    saved = _resumed_values(resumed) if None in (q.micro_batch, q.checkpoint_share, q.offload) else None
+    open_values = (q.micro_batch, q.checkpoint_share, q.offload, q.activation_budget)
+    saved = _resumed_values(resumed, q.rows_per_step) if None in open_values else None
     if saved is not None:
-        micro, share, offload = saved
-        _write(config, micro, max(1, q.rows_per_step // micro), share, offload)
+        _write(config, saved)
         rank_zero_info(
-            f"medqlora budget: the resumed run keeps its {micro} rows a micro-batch, checkpoint_share {share:g}, "
-            f"offload_checkpoints {str(offload).lower()}"
+            f"medqlora budget: the resumed run keeps its {saved.micro_batch} rows a micro-batch, checkpoint_share "
+            f"{saved.checkpoint_share:g}, offload_checkpoints {str(saved.offload).lower()}, activation_budget "
+            f"{saved.activation_budget:g}"
         )
         return None
     budget = budget_of(config) if use_budget else None
     if budget is None:
         micro = q.micro_batch or 2
         share = 1.0 if q.checkpoint_share is None else q.checkpoint_share
-        _write(config, micro, max(1, q.rows_per_step // micro), share, bool(q.offload))
+        kept = 1.0 if q.activation_budget is None else q.activation_budget
+        _write(config, Setting(micro, max(1, q.rows_per_step // micro), share, bool(q.offload), kept))
         return None
     _use_expandable_segments()
     result = plan(q, budget)  # a configured setting that leaves nothing open is checked against the budget
-    chosen = result.chosen.setting
-    _write(config, chosen.micro_batch, chosen.accumulate, chosen.checkpoint_share, chosen.offload)
+    _write(config, result.chosen.setting)
     if announce:
         rank_zero_info(result.line())
     return result
 
 
-def _resumed_values(resumed: dict | None) -> tuple[int, float, bool] | None:
-    """(micro-batch, share, offload) a checkpoint was trained with, when it saved them."""
+def _resumed_values(resumed: dict | None, rows_per_step: int) -> Setting | None:
+    """The setting a checkpoint was trained with, when it saved it (before activation_budget: 1.0)."""
     if not resumed:
         return None
     lean = (resumed.get("hyper_parameters") or {}).get("lean")
     micro = (resumed.get("datamodule_hyper_parameters") or {}).get("micro_batch_size")
-    share = getattr(lean, "checkpoint_share", None) if not isinstance(lean, dict) else lean.get("checkpoint_share")
-    offload = (
-        getattr(lean, "offload_checkpoints", None) if not isinstance(lean, dict) else lean.get("offload_checkpoints")
-    )
-    if not isinstance(micro, int) or not isinstance(share, (int, float)) or not isinstance(offload, bool):
+    values = vars(lean) if lean is not None and not isinstance(lean, dict) else (lean or {})
+    share, offload = values.get("checkpoint_share"), values.get("offload_checkpoints")
+    kept = values.get("activation_budget", 1.0)
+    if not isinstance(micro, int) or not isinstance(offload, bool):
         return None
-    return micro, float(share), offload
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (share, kept)):
+        return None
+    return Setting(micro, max(1, rows_per_step // micro), float(share), offload, float(kept))
 
 
 def _use_expandable_segments() -> None:

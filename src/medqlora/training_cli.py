@@ -165,8 +165,9 @@ PLAN_USAGE = """usage: medqlora plan --config CONFIG.yaml [--config MORE.yaml] [
 The micro-batch size and checkpointing policy `medqlora fit` would pick for that config within a GPU memory budget
 (model.lean.memory_budget_gib; --budget N sets it in GiB, auto reads this GPU's free memory), with every candidate it
 weighed: its predicted peak and speed relative to the recipe's. Only values left at auto are chosen:
-data.micro_batch_size, model.lean.checkpoint_share, model.lean.offload_checkpoints (configs/budget.yaml sets all
-three); a config that fixes them is checked against the budget. Nothing is loaded or trained.
+data.micro_batch_size, model.lean.checkpoint_share, model.lean.offload_checkpoints, model.lean.activation_budget
+(configs/budget.yaml sets all four); a config that fixes them is checked against the budget. Nothing is loaded or
+trained.
 """
 
 

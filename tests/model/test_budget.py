@@ -29,8 +29,12 @@ def test_every_candidate_keeps_the_rows_per_optimizer_step(e2b):
     assert {s.micro_batch for s in settings} == {1, 2, 4, 8, 16}
     assert all(s.micro_batch * s.accumulate == 16 for s in settings)
     assert not any(s.offload and s.checkpoint_share == 0 for s in settings)  # nothing to offload
-    fixed = budget.candidates(budget.BudgetQuestion(e2b, 2048, 16, micro_batch=4, checkpoint_share=0.5, offload=False))
-    assert fixed == [budget.Setting(4, 4, 0.5, False)]
+    fixed = budget.BudgetQuestion(e2b, 2048, 16, micro_batch=4, checkpoint_share=0.5, offload=False)
+    assert budget.candidates(fixed) == [budget.Setting(4, 4, 0.5, False, b) for b in budget.SELECTIVE_COST]
+    fixed = budget.BudgetQuestion(
+        e2b, 2048, 16, micro_batch=4, checkpoint_share=0.5, offload=False, activation_budget=1
+    )
+    assert budget.candidates(fixed) == [budget.Setting(4, 4, 0.5, False)]
 
 
 def test_the_pick_is_the_fastest_candidate_that_fits_and_more_memory_never_slows_it(e2b):
@@ -56,6 +60,27 @@ def test_more_checkpointing_or_offloading_never_predicts_more_memory(e2b):
         assert offloaded.peak_gib < plain.peak_gib and offloaded.speed < plain.speed
 
 
+def test_selective_checkpointing_is_weighed_only_where_it_can_run_and_trades_memory_for_speed(e2b):
+    """Activation budgets below 1 need compiled layers and a layer that is not checkpointed; the lower the budget, the
+    less a setting keeps and the slower it runs (between every layer's activations and every layer checkpointed)."""
+    compiled = budget.candidates(budget.BudgetQuestion(e2b, 2048, 16))
+    assert {s.activation_budget for s in compiled} == set(budget.SELECTIVE_COST)
+    assert all(s.checkpoint_share < 1 for s in compiled if s.activation_budget < 1)
+    eager = budget.candidates(budget.BudgetQuestion(e2b, 2048, 16, compiled=False))
+    assert {s.activation_budget for s in eager} == {1.0}
+    q = budget.BudgetQuestion(e2b, 2048, 16)
+    shape = budget.model_shape(e2b, True, 16, q.lora_targets)
+    for micro in (2, 8):
+        ladder = [budget.Setting(micro, 16 // micro, 0.0, False, b) for b in (1.0, 0.5, 0.25)]
+        ladder.append(budget.Setting(micro, 16 // micro, 1.0))
+        estimates = [budget.estimate(shape, q, s, 1e9) for s in ladder]
+        assert [e.peak_gib for e in estimates] == sorted((e.peak_gib for e in estimates), reverse=True)
+        assert [e.speed for e in estimates] == sorted((e.speed for e in estimates), reverse=True)
+    assert budget.selective_cost(0.0) == budget.RECOMPUTE_COST and budget.selective_cost(1.0) == 0.0
+    with pytest.raises(ValueError, match=r"activation_budget=1.5 must be in \[0, 1\]"):
+        budget.selective_cost(1.5)
+
+
 def test_a_budget_too_small_is_refused_naming_the_smallest_that_fits(e2b):
     q = budget.BudgetQuestion(e2b, 2048, 16)
     with pytest.raises(budget.BudgetTooSmall) as refused:
@@ -79,7 +104,11 @@ def _measured(*names: str) -> list[dict]:
 
 def _setting(case: dict) -> budget.Setting:
     return budget.Setting(
-        case["micro_batch"], case["accumulate"], case["checkpoint_share"], case["offload_checkpoints"]
+        case["micro_batch"],
+        case["accumulate"],
+        case["checkpoint_share"],
+        case["offload_checkpoints"],
+        case.get("activation_budget", 1.0),
     )
 
 

@@ -102,6 +102,37 @@ def test_offloaded_inputs_wait_in_host_memory(tokenizer, monkeypatch):
     assert set(calls) == {torch.cuda.is_available()}
 
 
+def test_selective_checkpointing_keeps_less_and_trains_as_every_layer_checkpointed(tokenizer):
+    """activation_budget: compiled layers that are not checkpointed keep a share of their activations and the compiler
+    recomputes the rest; loss and LoRA gradients stay the every-layer path's (compiled against eager: fused fp32 sums,
+    test_compile.py's bound), and a second module with another budget compiles its own graphs."""
+    batch = packed_batch(tokenizer)
+    torch.manual_seed(3)
+    want_loss, want = loss_and_grads(_module(LeanSpec()), batch)  # eager layers, every one checkpointed
+    torch._dynamo.reset()
+    kept, results = [], []
+    for budget in (1.0, 0.3):
+        module = _module(LeanSpec(compile_layers=True, checkpoint_share=0.0, activation_budget=budget))
+        assert not any(layer.forward.checkpointing for layer in decoder_layers(module.model))
+        kept.append(_kept_bytes(module, batch))
+        torch.manual_seed(3)
+        results.append(loss_and_grads(module, batch))
+    assert kept[1] < 0.7 * kept[0], kept  # the tiny model: 2.8 MB of 6.1 MB
+    for loss, grads in results:
+        assert abs(loss.item() - want_loss.item()) <= 1e-5 * abs(want_loss.item())
+        for name, grad in want.items():
+            assert (grads[name] - grad).norm() <= 3e-4 * grad.norm() + 1e-8, name
+
+
+def test_selective_checkpointing_needs_a_layer_that_is_not_checkpointed():
+    with pytest.raises(
+        ValueError, match=r"activation_budget=0.5 with every layer checkpointed .*lower checkpoint_share"
+    ):
+        make_module(LeanSpec(compile_layers=True, activation_budget=0.5))
+    with pytest.raises(ValueError, match=r"activation_budget=1.5 must be in \[0, 1\]"):
+        LeanSpec(activation_budget=1.5)
+
+
 @pytest.mark.parametrize(
     "lean, message",
     [

@@ -37,6 +37,7 @@ CASES = [
     ({"offload_checkpoints": True, "cuda_graph": True}, None, "offload_checkpoints=true with model.lean.cuda_graph"),
     ({"offload_checkpoints": True, "checkpoint_share": 0.0}, None, "no layer is checkpointed"),
     ({"offload_checkpoints": True}, FSDP, "offload_checkpoints=true is not supported under FSDP"),
+    ({"activation_budget": 0.5}, RunFacts(), "activation_budget=0.5 needs compiled layers (model.lean.compile_layers"),
     ({}, dataclasses.replace(FSDP, quant_storage="uint8"), "quant_storage='uint8' cannot be sharded"),
 ]
 

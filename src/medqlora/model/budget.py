@@ -1,21 +1,23 @@
 """The memory budget: the fastest micro-batch size and checkpointing policy whose training peak fits a budget.
 
-`model.lean.memory_budget_gib` (a number, or `auto`: the GPU's free memory less a margin) makes
-`data.micro_batch_size: auto`, `model.lean.checkpoint_share: auto` and `model.lean.offload_checkpoints: auto` resolve
-to the setting this module predicts fastest among those whose peak fits. Rows per optimizer step stay as configured
-(micro-batch x accumulation; with `auto` the recipe's 2 x the configured accumulation): the accumulation adjusts.
+`model.lean.memory_budget_gib` (a number, or `auto`: the GPU's free memory less a margin) makes `data.micro_batch_size`,
+`model.lean.checkpoint_share`, `model.lean.offload_checkpoints` and `model.lean.activation_budget` left at `auto`
+resolve to the setting this module predicts fastest among those whose peak fits. Rows per optimizer step stay as
+configured (micro-batch x accumulation; with `auto` the recipe's 2 x the configured accumulation): the accumulation
+adjusts.
 
-The choice comes from a memory model calibrated by measurement, not from probes at every start: probing each
-candidate as it trains would compile its layer graphs (one to two minutes a shape on a GPU), and eager probes
-overstate what compiled layers keep. The model is linear in the micro-batch's tokens, per decoder layer
-(fitted to the peaks measured on one H100, docs/benchmarks.md): a layer that keeps its activations holds
-`KEPT_BYTES` per token per unit of its width (hidden + MLP intermediate), a checkpointed one its inputs
-(`CHECKPOINT_BYTES` per hidden unit; none on the GPU when offloaded), and the layer backward is working on
-`IN_FLIGHT_BYTES` per unit of its width (its activations and their gradients); on top come the weights and training
-state counted from the model's own module tree, the larger of that layer and the loss's chunk of logits (they peak at
-different moments) and row attention's score matrix. The speed model says what the same runs measured: a micro-batch
-costs a fixed `MICRO_BATCH_OVERHEAD_TOKENS` of work (the 4-bit weights' dequantisation, launches) plus its tokens,
-recomputing every layer adds `RECOMPUTE_COST`, offloading a fixed `OFFLOAD_OVERHEAD_TOKENS` a micro-batch.
+The choice comes from a memory model calibrated by measurement, not from probes at every start: probing each candidate
+as it trains would compile its layer graphs (one to two minutes a shape on a GPU), and eager probes overstate what
+compiled layers keep. The model is linear in the micro-batch's tokens, per decoder layer (fitted to the peaks measured
+on one H100, docs/benchmarks.md): a layer that keeps its activations holds `KEPT_BYTES` per token per unit of its width
+(hidden + MLP intermediate), a checkpointed one its inputs (`CHECKPOINT_BYTES` per hidden unit; none on the GPU when
+offloaded), and the layer backward is working on `IN_FLIGHT_BYTES` per unit of its width (its activations and their
+gradients); a kept layer under selective checkpointing keeps its inputs plus the budget's share of the rest (torch's
+definition of that budget); on top come the weights and training state counted from the model's own module tree, the
+larger of that layer and the loss's chunk of logits (they peak at different moments) and row attention's score matrix.
+The speed model says what the same runs measured: a micro-batch costs a fixed `MICRO_BATCH_OVERHEAD_TOKENS` of work (the
+4-bit weights' dequantisation, launches) plus its tokens, recomputing every layer adds `RECOMPUTE_COST`, selective
+checkpointing `SELECTIVE_COST` per budget, offloading a fixed `OFFLOAD_OVERHEAD_TOKENS` a micro-batch.
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ WORKSPACE_GIB = 0.14  # what else a step holds (masks, sample bounds, the graph'
 MICRO_BATCH_OVERHEAD_TOKENS = 475  # a micro-batch's fixed work, in tokens' worth of compute
 RECOMPUTE_COST = 0.275  # the share of a step that recomputing every layer adds
 OFFLOAD_OVERHEAD_TOKENS = 4700  # offloading's cost a micro-batch (host copies; the CUDA graph cannot capture them)
+# selective checkpointing (model.lean.activation_budget): the share of a step that recomputing inside the compiled
+# layers adds when no layer is checkpointed, per budget (prior until measured: the compiler recomputes elementwise
+# work first, fused into backward kernels)
+SELECTIVE_COST = {1.0: 0.0, 0.5: 0.03, 0.25: 0.08}
 # the budget holds the allocator's reserve too: predicted peak x (1 + MARGIN) + MARGIN_GIB. Measured with expandable
 # segments (benchmarks/results/2026-12-07-h100-budget-*.json): the reserve ran 0.15-0.65 GiB over the allocated peak
 # (CUDA graph pools, allocator slack; 1.5 GiB at 16 rows, every layer checkpointed), and the default's 3.79 GiB peak
@@ -78,11 +84,23 @@ class Setting:
     accumulate: int
     checkpoint_share: float
     offload: bool = False
+    activation_budget: float = 1.0
+
+    @property
+    def kept_layers(self) -> str:
+        """What the layers that are not checkpointed are called in the setting's description."""
+        return "each layer" if self.checkpoint_share == 0 else "the others"
 
     def __str__(self) -> str:
         share = {1.0: "every layer", 0.0: "no layer"}.get(self.checkpoint_share, f"{self.checkpoint_share:g} of layers")
-        return f"{self.micro_batch} x accumulation {self.accumulate}, {share} checkpointed" + (
-            ", inputs offloaded" if self.offload else ""
+        return (
+            f"{self.micro_batch} x accumulation {self.accumulate}, {share} checkpointed"
+            + (", inputs offloaded" if self.offload else "")
+            + (
+                f", {self.kept_layers} keeping {self.activation_budget:g} of activations"
+                if self.activation_budget < 1
+                else ""
+            )
         )
 
 
@@ -107,6 +125,8 @@ class BudgetQuestion:
         micro_batch: the configured micro-batch size, None for `auto`.
         checkpoint_share: the configured share, None for `auto`.
         offload: the configured offloading, None for `auto`.
+        activation_budget: the configured selective checkpointing of the kept layers, None for `auto`.
+        compiled: the decoder layers compile (selective checkpointing happens in their graphs).
         gradient_checkpointing: model.gradient_checkpointing (off: no layer is checkpointed, whatever the share).
         loss_chunk: positions per loss chunk (0: the full-logits loss, every position at once).
         row_attention: the full layers hold a [row x row] score matrix (varlen); flex and sdpa do not.
@@ -122,6 +142,8 @@ class BudgetQuestion:
     micro_batch: int | None = None
     checkpoint_share: float | None = None
     offload: bool | None = None
+    activation_budget: float | None = None
+    compiled: bool = True
     gradient_checkpointing: bool = True
     loss_chunk: int = 256
     row_attention: bool = True
@@ -198,8 +220,15 @@ def estimate(shape: ModelShape, q: BudgetQuestion, setting: Setting, budget_gib:
     tokens = setting.micro_batch * q.row_tokens
     share = setting.checkpoint_share if q.gradient_checkpointing else 0.0
     checkpointed = checkpointed_layers(len(shape.widths), share)
-    kept = sum(w for i, w in enumerate(shape.widths) if i not in checkpointed)
-    per_token = KEPT_BYTES * kept + (0 if setting.offload else CHECKPOINT_BYTES * shape.hidden * len(checkpointed))
+    # a kept layer's activations, of which selective checkpointing keeps a share above its inputs (what checkpointing it
+    # would keep): torch's activation_memory_budget is that linear interpolation
+    inputs = CHECKPOINT_BYTES * shape.hidden
+    kept = sum(
+        inputs + setting.activation_budget * (KEPT_BYTES * w - inputs)
+        for i, w in enumerate(shape.widths)
+        if i not in checkpointed
+    )
+    per_token = kept + (0 if setting.offload else inputs * len(checkpointed))
     state = shape.lora_params * STATE_BYTES.get(q.optimizer, 16)
     loss = LOSS_LOGIT_COPIES * 4 * shape.vocab * (q.loss_chunk or tokens)
     attention = ATTENTION_SCORE_COPIES * 4 * q.row_tokens**2 if q.row_attention else 0
@@ -209,11 +238,19 @@ def estimate(shape: ModelShape, q: BudgetQuestion, setting: Setting, budget_gib:
     return Estimate(setting, peak, relative_speed(q, setting), fits)
 
 
-def step_cost(tokens: int, share: float, offload: bool) -> float:
+def selective_cost(activation_budget: float) -> float:
+    """SELECTIVE_COST between its budgets (straight lines), and at 0 every layer's recomputation, less nothing."""
+    points = sorted({0.0: RECOMPUTE_COST, **SELECTIVE_COST}.items())
+    for (b0, c0), (b1, c1) in zip(points, points[1:]):
+        if b0 <= activation_budget <= b1:
+            return c0 + (c1 - c0) * (activation_budget - b0) / (b1 - b0)
+    raise ValueError(f"model.lean.activation_budget={activation_budget} must be in [0, 1]")
+
+
+def step_cost(tokens: int, share: float, offload: bool, activation_budget: float = 1.0) -> float:
     """The speed model: a micro-batch's time in tokens' worth of work."""
-    return (MICRO_BATCH_OVERHEAD_TOKENS + tokens) * (1 + RECOMPUTE_COST * share) + (
-        OFFLOAD_OVERHEAD_TOKENS if offload else 0
-    )
+    recompute = RECOMPUTE_COST * share + selective_cost(activation_budget) * (1 - share)
+    return (MICRO_BATCH_OVERHEAD_TOKENS + tokens) * (1 + recompute) + (OFFLOAD_OVERHEAD_TOKENS if offload else 0)
 
 
 def relative_speed(q: BudgetQuestion, setting: Setting) -> float:
@@ -221,20 +258,31 @@ def relative_speed(q: BudgetQuestion, setting: Setting) -> float:
     share = setting.checkpoint_share if q.gradient_checkpointing else 0.0
     tokens = setting.micro_batch * q.row_tokens
     recipe = 2 * q.row_tokens
-    return (tokens / step_cost(tokens, share, setting.offload)) / (recipe / step_cost(recipe, 1.0, False))
+    cost = step_cost(tokens, share, setting.offload, setting.activation_budget)
+    return (tokens / cost) / (recipe / step_cost(recipe, 1.0, False))
 
 
 def candidates(q: BudgetQuestion) -> list[Setting]:
     """Every setting the configured values leave open: micro-batch sizes dividing the rows per step, the shares in
-    SHARES, offloading on or off (only where some layer is checkpointed)."""
+    SHARES, offloading on or off (only where some layer is checkpointed), the activation budgets of SELECTIVE_COST
+    (only with compiled layers and where some layer is not checkpointed)."""
     micro = [q.micro_batch] if q.micro_batch else [m for m in range(1, q.rows_per_step + 1) if q.rows_per_step % m == 0]
     if not q.gradient_checkpointing:
         shares: tuple[float, ...] = (0.0,)
     else:
         shares = (q.checkpoint_share,) if q.checkpoint_share is not None else SHARES
     offloads = (q.offload,) if q.offload is not None else (False, True)
+    if q.activation_budget is not None:
+        kept: tuple[float, ...] = (q.activation_budget,)
+    else:
+        kept = tuple(SELECTIVE_COST) if q.compiled else (1.0,)
     return [
-        Setting(m, q.rows_per_step // m, s, o) for m in micro for s in shares for o in offloads if not (o and s == 0.0)
+        Setting(m, q.rows_per_step // m, s, o, b)
+        for m in micro
+        for s in shares
+        for o in offloads
+        for b in kept
+        if not (o and s == 0.0) and not (b < 1 and s == 1.0 and q.gradient_checkpointing)
     ]
 
 

@@ -13,20 +13,32 @@ compiled step draws the masks an eager one draws, so loss and gradients can be c
 The layers always get tensor masks (`QLoRAModule.forward` builds them, model/masks.py): transformers hands
 full-attention layers no mask when no row of a micro-batch is packed, which would compile a second graph per layer
 variant mid-epoch (about 40 s on E2B).
+
+Selective checkpointing (`model.lean.activation_budget`) happens inside the graph: the compiler's partitioner keeps a
+share of what a layer would save for backward and recomputes the rest there, the elementwise work first, fused into the
+backward kernels: what checkpointing the whole layer around the graph would recompute, less its matmuls.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+import types
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import partial
+from functools import partial, update_wrapper, wraps
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from medqlora.compat import own_forward, raise_recompile_limit, replace_forward
+from medqlora.compat import (
+    activation_memory_budget,
+    count_grouped_query_attention,
+    keep_uncounted_ops,
+    own_forward,
+    raise_recompile_limit,
+    replace_forward,
+)
 from medqlora.model.checkpointing import offloaded
 from medqlora.model.parts import text_model
 
@@ -52,6 +64,33 @@ class CompiledLayerForward:
         return fn(self.layer, *args, **kwargs)
 
 
+def compiled_forward(eager: Callable, activation_budget: float = 1.0) -> Callable:
+    """`eager` through `torch.compile`; with `activation_budget` < 1 partitioned under torch's
+    `activation_memory_budget`: of what a layer would keep for backward, keep that share (above what checkpointing it
+    whole keeps) and recompute the rest, the fewest FLOPs first.
+
+    The partition is fixed when a graph compiles and dynamo's cache hangs on the code object without a guard on that
+    setting, so a budgeted forward compiles a copy of the code: another module in the process, with another budget,
+    does not reuse its graphs."""
+    options = {"fallback_random": True}
+    if activation_budget >= 1.0:
+        return torch.compile(eager, dynamic=False, options=options)
+    count_grouped_query_attention()  # the partitioner counts each op's FLOPs, Gemma 4's attention among them
+    keep_uncounted_ops()
+    copy = types.FunctionType(
+        eager.__code__.replace(), eager.__globals__, eager.__name__, eager.__defaults__, eager.__closure__
+    )
+    copy.__kwdefaults__ = eager.__kwdefaults__
+    compiled = torch.compile(update_wrapper(copy, eager), dynamic=False, options=options)
+
+    @wraps(eager)
+    def run(*args, **kwargs):
+        with activation_memory_budget(activation_budget):
+            return compiled(*args, **kwargs)
+
+    return run
+
+
 def missing_compiler(device_type: str) -> str | None:
     """The compiler `torch.compile` needs for `device_type` when none is on PATH, else None: Triton builds its GPU
     kernel launchers with a C compiler, inductor's CPU kernels are C++."""
@@ -67,14 +106,17 @@ def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     return text_model(model).layers
 
 
-def compile_decoder_layers(model: torch.nn.Module, checkpointed: set[int], offload: bool = False) -> int:
+def compile_decoder_layers(
+    model: torch.nn.Module, checkpointed: set[int], offload: bool = False, activation_budget: float = 1.0
+) -> int:
     """Route every decoder layer through one `torch.compile`d forward, those in `checkpointed` (indices) recomputed in
-    backward; returns how many layers were routed.
+    backward, the others keeping `activation_budget` of what the compiler would keep (`compiled_forward`);
+    returns how many layers were routed.
 
     Compilation itself happens at the first forward of each layer variant. Call after the adapter is applied."""
     layers = decoder_layers(model)
     eager = own_forward(type(layers[0]))
-    compiled = torch.compile(eager, dynamic=False, options={"fallback_random": True})
+    compiled = compiled_forward(eager, activation_budget)
     raise_recompile_limit(RECOMPILE_LIMIT)
     for index, layer in enumerate(layers):
         layer.gradient_checkpointing = False  # checkpointed by CompiledLayerForward instead

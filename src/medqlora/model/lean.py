@@ -52,10 +52,17 @@ class LeanSpec:
         offload_checkpoints: the checkpointed layers' inputs (all a checkpoint keeps) wait in host memory instead of
             on the GPU: what long rows need; synchronous copies, so the host waits at each layer, and no CUDA graph.
             `auto`: chosen within `memory_budget_gib`, else off.
-        memory_budget_gib: GiB of GPU memory training may peak at (`auto`: the GPU's free memory less 1 GiB). `medqlora
-            fit` then resolves `data.micro_batch_size`, `checkpoint_share` and `offload_checkpoints` left at `auto` to
-            the fastest setting predicted to fit, keeping the rows per optimizer step (the accumulation adjusts), and
-            writes the resolved values to the run's config.yaml (model/budget.py; `medqlora plan` shows the choice).
+        activation_budget: selective checkpointing inside the compiled layers: the share of the activations a
+            compiled layer keeps for backward, of what the compiler would keep (1.0, default) above what
+            checkpointing the whole layer keeps (0.0). The compiler recomputes the rest in backward, the cheapest
+            first (elementwise work before any matmul; torch's `activation_memory_budget`), so the layers that are
+            not checkpointed keep less at little cost (model/compile.py). Needs compiled layers and some layer not
+            checkpointed (`checkpoint_share` < 1). `auto`: chosen within `memory_budget_gib`, else 1.0.
+        memory_budget_gib: GiB of GPU memory training may peak at (`auto`: the GPU's free memory less 1 GiB).
+            `medqlora fit` then resolves `data.micro_batch_size`, `checkpoint_share`, `offload_checkpoints` and
+            `activation_budget` left at `auto` to the fastest setting predicted to fit, keeping the rows per optimizer
+            step (the accumulation adjusts), and writes the resolved values to the run's config.yaml (model/budget.py;
+            `medqlora plan` shows the choice).
     """
 
     chunked_loss: bool = True
@@ -70,6 +77,7 @@ class LeanSpec:
     cuda_graph: bool | Literal["auto"] = "auto"
     checkpoint_share: float | Literal["auto"] = 1.0
     offload_checkpoints: bool | Literal["auto"] = False
+    activation_budget: float | Literal["auto"] = 1.0
     memory_budget_gib: float | Literal["auto"] | None = None
 
     def __post_init__(self) -> None:
@@ -77,6 +85,11 @@ class LeanSpec:
             raise ValueError(
                 f"model.lean.checkpoint_share={self.checkpoint_share} must be in [0, 1] (1: every layer, the recipe's; "
                 "0: none, as model.gradient_checkpointing=false) or auto"
+            )
+        if self.activation_budget != "auto" and not 0.0 <= self.activation_budget <= 1.0:
+            raise ValueError(
+                f"model.lean.activation_budget={self.activation_budget} must be in [0, 1] (1: what the compiler keeps, "
+                "the default; 0.5: half of that, the rest recomputed) or auto"
             )
         if self.memory_budget_gib not in (None, "auto") and not self.memory_budget_gib > 0:
             raise ValueError(f"model.lean.memory_budget_gib={self.memory_budget_gib} must be > 0 (GiB), auto or null")
@@ -102,3 +115,8 @@ class LeanSpec:
     def offload(self) -> bool:
         """`offload_checkpoints`, with an unresolved `auto` as off."""
         return self.offload_checkpoints is True
+
+    @property
+    def kept_activations(self) -> float:
+        """`activation_budget`, with an unresolved `auto` as 1.0 (what the compiler keeps)."""
+        return 1.0 if self.activation_budget == "auto" else float(self.activation_budget)

@@ -95,6 +95,12 @@ class QLoRAModule(L.LightningModule):
                 "model.lean.offload_checkpoints=true with model.gradient_checkpointing=false: only checkpointed "
                 "layers' inputs are offloaded; turn gradient_checkpointing on or offload_checkpoints off"
             )
+        if lean is not None and lean.kept_activations < 1 and gradient_checkpointing and lean.share == 1.0:
+            raise ValueError(
+                f"model.lean.activation_budget={lean.activation_budget} with every layer checkpointed "
+                "(model.lean.checkpoint_share=1.0): no layer keeps activations to trim; lower checkpoint_share "
+                "(0: none) or set activation_budget to 1"
+            )
         self.save_hyperparameters()
         self.name_or_path, self.optimizer_name = name_or_path, optimizer
         self.quant, self.lora = quantization or QuantSpec(), lora or LoraSpec()
@@ -162,7 +168,7 @@ class QLoRAModule(L.LightningModule):
             share = self.lean.share if self.hparams.gradient_checkpointing else 0.0
             n_layers = len(text_model(self.model).layers)
             checkpointed = checkpointed_layers(n_layers, share)
-            compile_decoder_layers(self.model, checkpointed, self.lean.offload)
+            compile_decoder_layers(self.model, checkpointed, self.lean.offload, self.lean.kept_activations)
             rank_zero_info(
                 "medqlora: the decoder layers compile during the first steps (a minute or two on a fresh machine; "
                 "later steps reuse them)"

@@ -75,7 +75,12 @@ class Conflict:
     def message(self, lean: LeanSpec, run: RunFacts | None) -> str:
         """The error's text, with the run's own values filled in."""
         facts = run or RunFacts()
-        values = {**vars(facts), "attention": lean.attention, "compile": str(lean.compile_layers).lower()}
+        values = {
+            **vars(facts),
+            "attention": lean.attention,
+            "compile": str(lean.compile_layers).lower(),
+            "activation_budget": lean.activation_budget,
+        }
         return f"{self.settings.format(**values)}: {self.why}; {self.fix.format(**values)}"
 
 
@@ -184,6 +189,17 @@ CONFLICTS: list[Conflict] = [
         "its units gather and free the weights around the very layers whose inputs would move to the host",
         "set it to false, or train with DDP (configs/ddp.yaml)",
         lambda lean, run: lean.offload and run is not None and run.fsdp,
+    ),
+    Conflict(
+        "model.lean.activation_budget={activation_budget} needs compiled layers (model.lean.compile_layers={compile} "
+        "on {device_type})",
+        "the compiler chooses what a layer recomputes; eager layers keep all autograd saves",
+        "set compile_layers to true (or auto, on a GPU), or activation_budget to 1 and checkpoint a share of the "
+        "layers instead (checkpoint_share)",
+        lambda lean, run: (
+            lean.kept_activations < 1
+            and (lean.compile_layers is False or (run is not None and not resolve_compile(lean, run)))
+        ),
     ),
     Conflict(
         "model.quantization.quant_storage={quant_storage!r} cannot be sharded by FSDP (trainer.strategy {strategy})",
