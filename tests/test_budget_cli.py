@@ -63,3 +63,14 @@ def test_a_budget_too_small_and_a_plan_without_one_fail_in_one_line(tmp_path):
     assert none.returncode == 1 and "plan needs a budget: pass --budget N" in none.stderr, none.stderr
     helped = medqlora("plan", "--help", cwd=tmp_path)
     assert helped.returncode == 0 and "usage: medqlora plan --config" in helped.stdout
+
+
+def test_selective_checkpointing_without_compiled_layers_is_refused_naming_the_fix(tmp_path):
+    """model.lean.activation_budget through the console script: on the CPU the layers do not compile (`auto`), so a
+    budget below 1 is refused in one line before the model loads, naming compile_layers and checkpoint_share."""
+    fit = medqlora("fit", "--config", str(TINY), "--model.lean.activation_budget", "0.5",
+                   "--model.lean.checkpoint_share", "0", *SHORT, cwd=tmp_path)  # fmt: skip
+    assert fit.returncode == 1, fit.stderr[-2000:]
+    error = fit.stderr.strip().splitlines()[-1]
+    assert "activation_budget=0.5 needs compiled layers" in error and "compile_layers" in error, error
+    assert "checkpoint_share" in error and not list(tmp_path.glob("runs/tiny/*/checkpoints/*"))

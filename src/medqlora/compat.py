@@ -138,7 +138,7 @@ def keep_uncounted_ops() -> None:
             UNCOUNTED_OPS.add(str(node.target))
             return 1e18
 
-    estimate_runtime.keeps_uncounted = True
+    estimate_runtime.keeps_uncounted, estimate_runtime.__wrapped__ = True, estimate
     partitioners.estimate_runtime = estimate_runtime
 
 

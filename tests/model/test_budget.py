@@ -29,12 +29,14 @@ def test_every_candidate_keeps_the_rows_per_optimizer_step(e2b):
     assert {s.micro_batch for s in settings} == {1, 2, 4, 8, 16}
     assert all(s.micro_batch * s.accumulate == 16 for s in settings)
     assert not any(s.offload and s.checkpoint_share == 0 for s in settings)  # nothing to offload
-    fixed = budget.BudgetQuestion(e2b, 2048, 16, micro_batch=4, checkpoint_share=0.5, offload=False)
-    assert budget.candidates(fixed) == [budget.Setting(4, 4, 0.5, False, b) for b in budget.SELECTIVE_COST]
     fixed = budget.BudgetQuestion(
         e2b, 2048, 16, micro_batch=4, checkpoint_share=0.5, offload=False, activation_budget=1
     )
     assert budget.candidates(fixed) == [budget.Setting(4, 4, 0.5, False)]
+    fixed = budget.BudgetQuestion(
+        e2b, 2048, 16, micro_batch=4, checkpoint_share=0, offload=False, activation_budget=0.5
+    )
+    assert budget.candidates(fixed) == [budget.Setting(4, 4, 0.0, False, 0.5)]  # a configured budget is checked
 
 
 def test_the_pick_is_the_fastest_candidate_that_fits_and_more_memory_never_slows_it(e2b):
@@ -60,9 +62,13 @@ def test_more_checkpointing_or_offloading_never_predicts_more_memory(e2b):
         assert offloaded.peak_gib < plain.peak_gib and offloaded.speed < plain.speed
 
 
-def test_selective_checkpointing_is_weighed_only_where_it_can_run_and_trades_memory_for_speed(e2b):
-    """Activation budgets below 1 need compiled layers and a layer that is not checkpointed; the lower the budget, the
-    less a setting keeps and the slower it runs (between every layer's activations and every layer checkpointed)."""
+def test_selective_checkpointing_is_weighed_only_where_it_can_run_and_trades_memory_for_speed(e2b, monkeypatch):
+    """Activation budgets below 1 need compiled layers and a layer that is not checkpointed, and `auto` weighs them only
+    once their cost is measured on a GPU; the lower the budget, the less a setting keeps and the slower it runs
+    (between every layer's activations and every layer checkpointed)."""
+    unmeasured = budget.candidates(budget.BudgetQuestion(e2b, 2048, 16))
+    assert {s.activation_budget for s in unmeasured} == {1.0} or budget.SELECTIVE_MEASURED
+    monkeypatch.setattr(budget, "SELECTIVE_MEASURED", True)
     compiled = budget.candidates(budget.BudgetQuestion(e2b, 2048, 16))
     assert {s.activation_budget for s in compiled} == set(budget.SELECTIVE_COST)
     assert all(s.checkpoint_share < 1 for s in compiled if s.activation_budget < 1)
@@ -76,6 +82,9 @@ def test_selective_checkpointing_is_weighed_only_where_it_can_run_and_trades_mem
         estimates = [budget.estimate(shape, q, s, 1e9) for s in ladder]
         assert [e.peak_gib for e in estimates] == sorted((e.peak_gib for e in estimates), reverse=True)
         assert [e.speed for e in estimates] == sorted((e.speed for e in estimates), reverse=True)
+    configured = budget.BudgetQuestion(e2b, 2048, 16, checkpoint_share=0, activation_budget=0.5)
+    monkeypatch.setattr(budget, "SELECTIVE_MEASURED", False)
+    assert "a prior, not yet measured on a GPU" in budget.plan(configured, 12).line()
     assert budget.selective_cost(0.0) == budget.RECOMPUTE_COST and budget.selective_cost(1.0) == 0.0
     with pytest.raises(ValueError, match=r"activation_budget=1.5 must be in \[0, 1\]"):
         budget.selective_cost(1.5)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers import loss_and_grads, make_module, packed_batch, perturbed_module
+from torch._dynamo.utils import counters
 
 from medqlora.model.checkpointing import checkpointed_layers
 from medqlora.model.compile import CompiledLayerForward, decoder_layers
@@ -115,8 +116,10 @@ def test_selective_checkpointing_keeps_less_and_trains_as_every_layer_checkpoint
         module = _module(LeanSpec(compile_layers=True, checkpoint_share=0.0, activation_budget=budget))
         assert not any(layer.forward.checkpointing for layer in decoder_layers(module.model))
         kept.append(_kept_bytes(module, batch))
+        graphs = counters["stats"]["unique_graphs"]
         torch.manual_seed(3)
         results.append(loss_and_grads(module, batch))
+        assert counters["stats"]["unique_graphs"] == graphs  # later steps reuse the graphs: the setting is no guard
     assert kept[1] < 0.7 * kept[0], kept  # the tiny model: 2.8 MB of 6.1 MB
     for loss, grads in results:
         assert abs(loss.item() - want_loss.item()) <= 1e-5 * abs(want_loss.item())

@@ -43,9 +43,11 @@ MICRO_BATCH_OVERHEAD_TOKENS = 475  # a micro-batch's fixed work, in tokens' wort
 RECOMPUTE_COST = 0.275  # the share of a step that recomputing every layer adds
 OFFLOAD_OVERHEAD_TOKENS = 4700  # offloading's cost a micro-batch (host copies; the CUDA graph cannot capture them)
 # selective checkpointing (model.lean.activation_budget): the share of a step that recomputing inside the compiled
-# layers adds when no layer is checkpointed, per budget (prior until measured: the compiler recomputes elementwise
-# work first, fused into backward kernels)
+# layers adds when no layer is checkpointed, per budget. A prior, not yet measured on a GPU (the compiler recomputes
+# elementwise work first, fused into backward kernels); until it is, `auto` weighs no budget below 1 and a configured
+# one is priced with the prior (docs/benchmarks.md)
 SELECTIVE_COST = {1.0: 0.0, 0.5: 0.03, 0.25: 0.08}
+SELECTIVE_MEASURED = False
 # the budget holds the allocator's reserve too: predicted peak x (1 + MARGIN) + MARGIN_GIB. Measured with expandable
 # segments (benchmarks/results/2026-12-07-h100-budget-*.json): the reserve ran 0.15-0.65 GiB over the allocated peak
 # (CUDA graph pools, allocator slack; 1.5 GiB at 16 rows, every layer checkpointed), and the default's 3.79 GiB peak
@@ -166,10 +168,12 @@ class Plan:
         if self.chosen is None:
             return f"medqlora budget: nothing fits {self.budget_gib:.1f} GiB"
         fitting = sum(e.fits for e in self.weighed)
+        prior = self.chosen.setting.activation_budget < 1 and not SELECTIVE_MEASURED
         return (
             f"medqlora budget {self.budget_gib:.1f} GiB: {self.chosen.setting} (predicted peak "
             f"{self.chosen.peak_gib:.1f} GiB, {self.chosen.speed:.2f}x the speed of 2 rows a micro-batch with every "
             f"layer checkpointed; the fastest of {fitting} candidates that fit, of {len(self.weighed)} weighed)"
+            + ("; selective checkpointing's peak and cost are a prior, not yet measured on a GPU" if prior else "")
         )
 
     def table(self) -> str:
@@ -265,7 +269,7 @@ def relative_speed(q: BudgetQuestion, setting: Setting) -> float:
 def candidates(q: BudgetQuestion) -> list[Setting]:
     """Every setting the configured values leave open: micro-batch sizes dividing the rows per step, the shares in
     SHARES, offloading on or off (only where some layer is checkpointed), the activation budgets of SELECTIVE_COST
-    (only with compiled layers and where some layer is not checkpointed)."""
+    (once measured: SELECTIVE_MEASURED; only with compiled layers and where some layer is not checkpointed)."""
     micro = [q.micro_batch] if q.micro_batch else [m for m in range(1, q.rows_per_step + 1) if q.rows_per_step % m == 0]
     if not q.gradient_checkpointing:
         shares: tuple[float, ...] = (0.0,)
@@ -275,7 +279,7 @@ def candidates(q: BudgetQuestion) -> list[Setting]:
     if q.activation_budget is not None:
         kept: tuple[float, ...] = (q.activation_budget,)
     else:
-        kept = tuple(SELECTIVE_COST) if q.compiled else (1.0,)
+        kept = tuple(SELECTIVE_COST) if q.compiled and SELECTIVE_MEASURED else (1.0,)
     return [
         Setting(m, q.rows_per_step // m, s, o, b)
         for m in micro

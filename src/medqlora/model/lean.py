@@ -56,8 +56,9 @@ class LeanSpec:
             compiled layer keeps for backward, of what the compiler would keep (1.0, default) above what
             checkpointing the whole layer keeps (0.0). The compiler recomputes the rest in backward, the cheapest
             first (elementwise work before any matmul; torch's `activation_memory_budget`), so the layers that are
-            not checkpointed keep less at little cost (model/compile.py). Needs compiled layers and some layer not
-            checkpointed (`checkpoint_share` < 1). `auto`: chosen within `memory_budget_gib`, else 1.0.
+            not checkpointed keep less for some recomputation (model/compile.py). Needs compiled layers and some
+            layer not checkpointed (`checkpoint_share` < 1). Not yet measured on a GPU: `auto` is 1.0 until it is
+            (docs/benchmarks.md), then chosen within `memory_budget_gib`.
         memory_budget_gib: GiB of GPU memory training may peak at (`auto`: the GPU's free memory less 1 GiB).
             `medqlora fit` then resolves `data.micro_batch_size`, `checkpoint_share`, `offload_checkpoints` and
             `activation_budget` left at `auto` to the fastest setting predicted to fit, keeping the rows per optimizer
