@@ -321,14 +321,6 @@ def main(argv: list[str] | None = None) -> None:
                 result.update(predicted_peak_gib=predicted.peak_gib, predicted_speed=predicted.speed)
                 runs.append(result)
                 save()
-                if result.get("error") == "BackendCompilerFailed" and s.activation_budget < 1:
-                    # the partitioner's knapsack failed: once more with its greedy solver (torch 2.11 on the GPU)
-                    module.lean.activation_budget = 1.0  # compile this setting's layers afresh
-                    with torch._functorch.config.patch(activation_memory_budget_solver="greedy"):
-                        result = fit_once(module, rows, s, pack, None)
-                    result.update(predicted_peak_gib=predicted.peak_gib, solver="greedy")
-                    runs.append(result)
-                    save()
         if "capped" in parts:
             sweep = json.loads(args.sweep.read_text())["runs"] if args.sweep else list(runs)
             for r in sweep:
